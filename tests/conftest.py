@@ -1,0 +1,35 @@
+"""Shared test set-up: quiet TensorFlow, deterministic seeds, isolated global state."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+# Before TensorFlow is imported anywhere: no C++ log noise, no GPU probing output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Examples import their sibling helper modules (examples/digits_data.py).
+sys.path.insert(0, str(ROOT / "examples"))
+
+FULL = os.environ.get("TFKIT_FULL") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _isolate_keras_state():
+    """Seed every test and restore the global dtype policy it may have changed."""
+    policy = keras.config.dtype_policy()
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy(policy)
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def root() -> pathlib.Path:
+    return ROOT

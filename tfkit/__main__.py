@@ -1,0 +1,5 @@
+import sys
+
+from tfkit.cli import main
+
+sys.exit(main())
