@@ -12,6 +12,15 @@ os.environ.setdefault("PYTHONHASHSEED", "0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices for the whole session, so MirroredStrategy tests run
+# in-process. This must happen before TensorFlow initialises its devices; the
+# rest of the suite keeps running on /CPU:0 as usual.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Examples import their sibling helper modules (examples/digits_data.py).
@@ -28,6 +37,12 @@ def _isolate_keras_state():
     yield
     keras.config.set_dtype_policy(policy)
     keras.backend.clear_session()
+
+
+@pytest.fixture
+def mirrored_strategy():
+    """A MirroredStrategy over the two logical CPU devices."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 @pytest.fixture

@@ -34,9 +34,7 @@ def optimizer_chain(optimizer: keras.optimizers.Optimizer) -> Iterator[keras.opt
 
 def innermost(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     """Return the optimizer at the bottom of a wrapper chain (the one that updates weights)."""
-    last = optimizer
-    for last in optimizer_chain(optimizer):
-        pass
+    *_, last = optimizer_chain(optimizer)
     return last
 
 
