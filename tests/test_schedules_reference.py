@@ -143,7 +143,7 @@ def _onecycle_formula(step, max_lr, total, pct, strategy="cos", three=False, div
     else:
         knots = [(0, init), (up_end, max_lr), (total - 1, final)]
     step = min(step, total - 1)
-    for (s0, v0), (s1, v1) in zip(knots[:-1], knots[1:]):
+    for (s0, v0), (s1, v1) in zip(knots[:-1], knots[1:], strict=False):
         if step <= s1:
             t = (step - s0) / (s1 - s0)
             if strategy == "cos":
@@ -183,9 +183,15 @@ def test_sgdr_formula_restarts_and_large_steps():
     # t_mul=1: cycles of 7 at step ~2**40 land exactly on their restart.
     s1 = CosineDecayRestarts(peak, 7, t_mul=1.0, alpha=alpha)
     n = (2**40 // 7) * 7
-    np.testing.assert_allclose(values(s1, [n, n + 1, n - 1]), [
-        peak, peak * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi / 7)) + alpha),
-        peak * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * 6 / 7)) + alpha)], rtol=1e-6)
+    np.testing.assert_allclose(
+        values(s1, [n, n + 1, n - 1]),
+        [
+            peak,
+            peak * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi / 7)) + alpha),
+            peak * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * 6 / 7)) + alpha),
+        ],
+        rtol=1e-6,
+    )
 
 
 def test_cyclic_formula_at_large_steps():
@@ -220,7 +226,9 @@ def test_warmup_offsets_and_join_offsets():
 def test_warmup_zero_equals_keras_cosine_decay_restarts():
     import keras
 
-    keras_s = keras.optimizers.schedules.CosineDecayRestarts(0.1, 8, t_mul=1.0, m_mul=0.7, alpha=0.2)
+    keras_s = keras.optimizers.schedules.CosineDecayRestarts(
+        0.1, 8, t_mul=1.0, m_mul=0.7, alpha=0.2
+    )
     ours = CosineDecayRestarts(0.1, 8, t_mul=1.0, m_mul=0.7, alpha=0.2, warmup_steps=0)
     steps = range(0, 100)
     assert_close_to_peak(values(ours, steps), values(keras_s, steps), 0.1)
