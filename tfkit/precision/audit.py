@@ -85,10 +85,10 @@ def audit(model: keras.Model, batch_size: int | None = None) -> list[Finding]:
         >>> with set_policy("mixed_float16"):
         ...     inputs = keras.Input((64,))
         ...     hidden = keras.layers.Dense(64, activation="relu")(inputs)
-        ...     outputs = keras.layers.Dense(10, activation="softmax")(hidden)
+        ...     outputs = keras.layers.Dense(10, activation="softmax", name="probs")(hidden)
         ...     model = keras.Model(inputs, outputs)
         >>> [(f.layer, f.code) for f in audit(model)]
-        [('dense_1', 'half_output'), ('dense_1', 'not_multiple_of_8')]
+        [('probs', 'half_output'), ('probs', 'not_multiple_of_8')]
     """
     if not isinstance(model, keras.Model):
         raise TypeError(

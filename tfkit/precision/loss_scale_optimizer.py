@@ -20,6 +20,7 @@ import math
 import numbers
 
 import keras
+import tensorflow as tf
 from keras import ops
 from keras.src.utils import tracking
 
@@ -193,6 +194,44 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         )
         self._skipped_steps.assign_add(1)
 
+    def _tf_apply(self, grads, trainable_variables=None):
+        # Keras decides "finite" from the first replica's *local* gradients,
+        # before they are all-reduced: an inf on another replica then reaches
+        # the weights (NaN weights under MirroredStrategy). Here every replica
+        # counts its non-finite gradients and the strategy sums the counts, so
+        # all replicas skip or apply together.
+        if tf.distribute.in_cross_replica_context():
+            raise ValueError("apply() must be called in a replica context.")
+        replica = tf.distribute.get_replica_context()
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            finite = self.check_finite(grads)
+            if replica.num_replicas_in_sync > 1:
+                bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, _nonfinite(finite))
+                finite = ops.equal(bad, 0.0)
+            ops.cond(
+                finite,
+                lambda: self._stateful_handle_finite_grads(grads, trainable_variables),
+                self._stateful_handle_non_finite_grads,
+            )
+            return
+
+        def handle_cross_replica(distribution, grads, trainable_variables):
+            per_replica = distribution.extended.call_for_each_replica(
+                lambda g: _nonfinite(self.check_finite(g)), args=(grads,)
+            )
+            bad = distribution.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            def apply_fn():
+                distribution.extended.call_for_each_replica(
+                    self._stateful_handle_finite_grads, args=(grads, trainable_variables)
+                )
+
+            # The cond must run in cross-replica context: the inner optimizer's
+            # apply calls merge_call, which a replica-context cond cannot hold.
+            ops.cond(ops.equal(bad, 0.0), apply_fn, self._stateful_handle_non_finite_grads)
+
+        replica.merge_call(handle_cross_replica, args=(grads, trainable_variables))
+
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError(
             "tfkit.precision.LossScaleOptimizer supports the TensorFlow backend's "
@@ -203,3 +242,8 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         config = super().get_config()
         config.update(min_scale=self.min_scale, max_scale=self.max_scale)
         return config
+
+
+def _nonfinite(finite):
+    """1.0 when ``finite`` is false, else 0.0 (float32 so strategies can sum it)."""
+    return ops.cast(ops.logical_not(finite), "float32")
