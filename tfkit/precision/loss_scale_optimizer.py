@@ -160,14 +160,14 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         """The current loss scale ``S`` (float32 tensor, read-only)."""
         if not self.built:
             return ops.convert_to_tensor(self.initial_scale, dtype="float32")
-        return ops.convert_to_tensor(self.dynamic_scale)
+        return _read(self.dynamic_scale)
 
     @property
     def skipped_steps(self):
         """How many ``apply`` calls were skipped for non-finite gradients (int64, read-only)."""
         if not self.built:
             return ops.convert_to_tensor(0, dtype="int64")
-        return ops.convert_to_tensor(self._skipped_steps)
+        return _read(self._skipped_steps)
 
     def _stateful_handle_finite_grads(self, grads, trainable_variables):
         scale = self.dynamic_scale
@@ -238,6 +238,11 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             "stateful apply() only (stateless_apply is a JAX-backend path)."
         )
 
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None):
+        # Keras' from_config pops "inner_optimizer" from the caller's dict.
+        return super().from_config(dict(config), custom_objects=custom_objects)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(min_scale=self.min_scale, max_scale=self.max_scale)
@@ -247,3 +252,8 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 def _nonfinite(finite):
     """1.0 when ``finite`` is false, else 0.0 (float32 so strategies can sum it)."""
     return ops.cast(ops.logical_not(finite), "float32")
+
+
+def _read(variable):
+    """The variable's current value as a tensor (the primary copy under a strategy)."""
+    return tf.convert_to_tensor(variable.value)
