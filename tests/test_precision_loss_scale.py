@@ -417,3 +417,33 @@ def test_saved_compiled_model_loads_with_safe_mode(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x[1:], verbose=0), model.predict(x[1:], verbose=0))
     loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     assert int(lopt.skipped_steps) == 2 and float(lopt.loss_scale) == 16.0
+
+
+# ------------------------------------------------------------- composition
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_around_an_accumulating_optimizer_in_fit(jit_compile):
+    """LossScaleOptimizer(accumulating inner): a skipped micro-batch leaves the accumulators alone.
+
+    Keras' built-in ``gradient_accumulation_steps`` stands in for tfkit's
+    GradientAccumulator (written in parallel; the lead adds that test at merge).
+    """
+    x, y = _regression_data(n=32)
+    x[8] = 1e5  # batch 1 overflows in float16
+    model = _mixed_model()
+    inner = keras.optimizers.SGD(1e-2, momentum=0.9, gradient_accumulation_steps=2)
+    opt = LossScaleOptimizer(inner, initial_scale=16.0)
+    model.compile(opt, "mse", jit_compile=jit_compile)
+    recorder = _Recorder()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, callbacks=[recorder], verbose=0)
+    before, after = recorder.rows[1], recorder.rows[2]  # around the overflowing batch
+    for s0, s1 in zip(before["slots"], after["slots"], strict=True):
+        np.testing.assert_array_equal(s1, s0)  # accumulators and momentum untouched
+    for w0, w1 in zip(before["weights"], after["weights"], strict=True):
+        np.testing.assert_array_equal(w1, w0)
+    assert int(opt.skipped_steps) == 1 and float(opt.loss_scale) == 8.0
+    # 3 micro-batches reached the inner optimizer: one full window of 2 = one real update.
+    assert int(opt.iterations) == 1
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+    assert find_in_chain(model.optimizer, "loss_scale") is opt
