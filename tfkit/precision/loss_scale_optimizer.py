@@ -1,0 +1,259 @@
+"""Dynamic loss scaling with a floor, a ceiling and a count of skipped steps.
+
+float16 has a 5-bit exponent: gradients smaller than about 6e-8 flush to zero.
+Loss scaling multiplies the loss by ``S`` before differentiation (so every
+gradient is ``S`` times larger and stays representable) and divides the
+gradients by ``S`` before the update. ``S`` is adapted each step:
+
+    non-finite gradient:   skip the update,  S <- max(S / 2, min_scale),  skipped_steps += 1
+    dynamic_growth_steps
+    finite steps in a row: S <- min(2 S, max_scale)
+
+Keras' own ``LossScaleOptimizer`` has the same rule without the bounds and
+without the counter; this class subclasses it, so ``Model.compile`` under
+``"mixed_float16"`` recognises it and does not wrap it a second time.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import keras
+import tensorflow as tf
+from keras import ops
+from keras.src.utils import tracking
+
+__all__ = ["LossScaleOptimizer"]
+
+_HALF_EXPONENT_FREE = ("mixed_bfloat16", "bfloat16")
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic ``LossScaleOptimizer`` with ``min_scale``/``max_scale`` bounds.
+
+    Formula (per call of ``apply``, ``S`` the loss scale)::
+
+        finite(grads):   inner.apply(grads / S)
+                         every dynamic_growth_steps-th consecutive finite step:
+                             S <- min(2 * S, max_scale)
+        otherwise:       no update (weights, slots and ``iterations`` unchanged)
+                         S <- max(S / 2, min_scale); skipped_steps += 1
+
+    ``loss_scale`` and ``skipped_steps`` are read-only properties (tensors); a
+    logging callback finds them through the ``inner_optimizer`` chain with
+    ``tfkit.optimizers.find_in_chain(model.optimizer, "loss_scale")`` and puts
+    them into ``logs`` so History, CSVLogger and TensorBoard show them.
+
+    bfloat16 needs no loss scaling: it has float32's 8-bit exponent, so any
+    gradient float32 can represent without underflow, bfloat16 can too (it only
+    has fewer mantissa bits). Constructing this optimizer while the global
+    dtype policy is ``"mixed_bfloat16"`` (or ``"bfloat16"``) therefore raises
+    ``ValueError`` instead of silently scaling: use the inner optimizer directly.
+
+    Args:
+        inner_optimizer: the ``keras.optimizers.Optimizer`` to wrap (it may
+            itself be a wrapper such as ``tfkit``'s ``GradientAccumulator``).
+        initial_scale: starting loss scale. Defaults to ``2**15`` (Keras).
+        dynamic_growth_steps: consecutive finite steps before the scale doubles.
+            Defaults to ``2000`` (Keras; PyTorch's ``GradScaler`` also uses 2000).
+        min_scale: the scale is never halved below this. Defaults to ``1.0``
+            (DeepSpeed's ``min_loss_scale``): a scale below 1 would *shrink*
+            gradients, the opposite of what loss scaling is for.
+        max_scale: the scale never doubles above this. Defaults to ``2**24``
+            (NVIDIA Apex's ``max_loss_scale``).
+        name: optimizer name.
+
+    Requires ``0 < min_scale <= initial_scale <= max_scale``, all finite.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from tfkit.precision import LossScaleOptimizer
+        >>> opt = LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=8.0,
+        ...                          min_scale=2.0, max_scale=64.0)
+        >>> v = keras.Variable(np.ones(2, "float32"))
+        >>> opt.apply([np.array([np.inf, 0.0], "float32")], [v])
+        >>> float(opt.loss_scale), int(opt.skipped_steps), v.numpy().tolist()
+        (4.0, 1, [1.0, 1.0])
+
+    Reference: Micikevicius et al., "Mixed Precision Training", ICLR 2018;
+    ``keras.optimizers.LossScaleOptimizer``; ``torch.amp.GradScaler``.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer: keras.optimizers.Optimizer,
+        initial_scale: float = 2.0**15,
+        dynamic_growth_steps: int = 2000,
+        min_scale: float = 1.0,
+        max_scale: float = 2.0**24,
+        name: str | None = None,
+        **kwargs,
+    ):
+        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                "`inner_optimizer` must be a keras.optimizers.Optimizer instance. "
+                f"Received: inner_optimizer={inner_optimizer!r} "
+                f"of type {type(inner_optimizer).__name__}"
+            )
+        for arg, value in (
+            ("initial_scale", initial_scale),
+            ("min_scale", min_scale),
+            ("max_scale", max_scale),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"`{arg}` must be a finite number > 0. Received: {arg}={value!r}")
+        if not min_scale <= initial_scale <= max_scale:
+            raise ValueError(
+                "Loss-scale bounds must satisfy min_scale <= initial_scale <= max_scale. "
+                f"Received: min_scale={min_scale}, initial_scale={initial_scale}, "
+                f"max_scale={max_scale}"
+            )
+        if (
+            isinstance(dynamic_growth_steps, bool)
+            or not isinstance(dynamic_growth_steps, numbers.Integral)
+            or dynamic_growth_steps < 1
+        ):
+            raise ValueError(
+                "`dynamic_growth_steps` must be an integer >= 1. "
+                f"Received: dynamic_growth_steps={dynamic_growth_steps!r}"
+            )
+        global_policy = keras.config.dtype_policy().name
+        if global_policy in _HALF_EXPONENT_FREE:
+            raise ValueError(
+                f"LossScaleOptimizer is not needed under the {global_policy!r} dtype policy: "
+                "bfloat16 keeps float32's 8-bit exponent, so gradients do not underflow "
+                "and no loss scaling is applied. Pass the inner optimizer "
+                f"({type(inner_optimizer).__name__}) to compile() directly."
+            )
+        super().__init__(
+            inner_optimizer,
+            initial_scale=float(initial_scale),
+            dynamic_growth_steps=int(dynamic_growth_steps),
+            name=name,
+            **kwargs,
+        )
+        self.min_scale = float(min_scale)
+        self.max_scale = float(max_scale)
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        super().build(var_list)
+        # Same aggregation as Keras' own step counter: written only in the
+        # cross-replica branch (or identically on every replica).
+        self._skipped_steps = self.add_variable(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            aggregation="none",
+            name="skipped_steps",
+        )
+
+    @property
+    def loss_scale(self):
+        """The current loss scale ``S`` (float32 tensor, read-only)."""
+        if not self.built:
+            return ops.convert_to_tensor(self.initial_scale, dtype="float32")
+        return _read(self.dynamic_scale)
+
+    @property
+    def skipped_steps(self):
+        """How many ``apply`` calls were skipped for non-finite gradients (int64, read-only)."""
+        if not self.built:
+            return ops.convert_to_tensor(0, dtype="int64")
+        return _read(self._skipped_steps)
+
+    def _stateful_handle_finite_grads(self, grads, trainable_variables):
+        scale = self.dynamic_scale
+        tvs = trainable_variables or self._trainable_variables
+        unscaled = [
+            g if g is None or self._overwrite_variable_with_gradient(v) else ops.divide(g, scale)
+            for g, v in zip(grads, tvs, strict=True)
+        ]
+        self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables)
+
+        def grow():
+            self.step_counter.assign(0)
+            self.dynamic_scale.assign(ops.minimum(ops.multiply(scale, 2.0), self.max_scale))
+
+        def count():
+            self.step_counter.assign_add(1)
+
+        ops.cond(ops.equal(self.step_counter, self.dynamic_growth_steps - 1), grow, count)
+
+    def _stateful_handle_non_finite_grads(self):
+        self.step_counter.assign(0)
+        self.dynamic_scale.assign(
+            ops.maximum(ops.multiply(self.dynamic_scale, 0.5), self.min_scale)
+        )
+        self._skipped_steps.assign_add(1)
+
+    def _tf_apply(self, grads, trainable_variables=None):
+        # Keras decides "finite" from the first replica's *local* gradients,
+        # before they are all-reduced: an inf on another replica then reaches
+        # the weights (NaN weights under MirroredStrategy). Here every replica
+        # counts its non-finite gradients and the strategy sums the counts, so
+        # all replicas skip or apply together.
+        if tf.distribute.in_cross_replica_context():
+            raise ValueError("apply() must be called in a replica context.")
+        replica = tf.distribute.get_replica_context()
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            finite = self.check_finite(grads)
+            if replica.num_replicas_in_sync > 1:
+                bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, _nonfinite(finite))
+                finite = ops.equal(bad, 0.0)
+            ops.cond(
+                finite,
+                lambda: self._stateful_handle_finite_grads(grads, trainable_variables),
+                self._stateful_handle_non_finite_grads,
+            )
+            return
+
+        def handle_cross_replica(distribution, grads, trainable_variables):
+            per_replica = distribution.extended.call_for_each_replica(
+                lambda g: _nonfinite(self.check_finite(g)), args=(grads,)
+            )
+            bad = distribution.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            def apply_fn():
+                distribution.extended.call_for_each_replica(
+                    self._stateful_handle_finite_grads, args=(grads, trainable_variables)
+                )
+
+            # The cond must run in cross-replica context: the inner optimizer's
+            # apply calls merge_call, which a replica-context cond cannot hold.
+            ops.cond(ops.equal(bad, 0.0), apply_fn, self._stateful_handle_non_finite_grads)
+
+        replica.merge_call(handle_cross_replica, args=(grads, trainable_variables))
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        raise NotImplementedError(
+            "tfkit.precision.LossScaleOptimizer supports the TensorFlow backend's "
+            "stateful apply() only (stateless_apply is a JAX-backend path)."
+        )
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None):
+        # Keras' from_config pops "inner_optimizer" from the caller's dict.
+        return super().from_config(dict(config), custom_objects=custom_objects)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(min_scale=self.min_scale, max_scale=self.max_scale)
+        return config
+
+
+def _nonfinite(finite):
+    """1.0 when ``finite`` is false, else 0.0 (float32 so strategies can sum it)."""
+    return ops.cast(ops.logical_not(finite), "float32")
+
+
+def _read(variable):
+    """The variable's current value as a tensor (the primary copy under a strategy)."""
+    return tf.convert_to_tensor(variable.value)
