@@ -25,6 +25,7 @@ ops so the caller can warn, naming the layer.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 
 import keras
@@ -172,9 +173,12 @@ def find_nondeterministic_ops(ops) -> list:
 
 def layer_owning_op(op, layers) -> str | None:
     """Name of the innermost layer among ``layers`` whose name scope contains ``op``."""
-    parts = op.name.split("/")
     names = {layer.name for layer in layers}
-    for part in reversed(parts[:-1]):
+    for part in reversed(op.name.split("/")[:-1]):
         if part in names:
             return part
+        # tf.name_scope makes repeated scopes unique as "name_1", "name_2", ...
+        base = re.sub(r"_\d+$", "", part)
+        if base in names:
+            return base
     return None

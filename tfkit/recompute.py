@@ -112,12 +112,22 @@ class Recompute(keras.layers.Layer):
         self._forward_mask = "mask" in params
         self._warned: set[str] = set()
 
+    def build(self, input_shape=None) -> None:
+        # The wrapped layer builds itself on its first call (below), whatever its
+        # call signature (MultiHeadAttention takes query, value, key shapes).
+        self.built = True
+
     def call(self, inputs, *args, training=None, mask=None, **kwargs):
         args = (inputs, *args)
         if self._forward_training:
             kwargs["training"] = training
         if self._forward_mask and mask is not None:
             kwargs["mask"] = mask
+        if not self.layer.built:
+            # First call: let the layer create its variables outside the
+            # custom gradient. Usually a symbolic call (functional model, fit's
+            # symbolic build), where nothing is recomputed anyway.
+            return self.layer(*args, **kwargs)
         return recompute_call(
             self.layer,
             args,
