@@ -7,11 +7,11 @@ memory. Gradient tolerance float32: rtol=1e-6.
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 from tfkit.recompute import Recompute, recompute, recompute_sequential
 
 RTOL = 1e-6
@@ -51,9 +51,7 @@ def assert_grads_equal(ga, gb, rtol=RTOL, atol=0.0):
 
 
 def mlp_block(units=8):
-    return keras.Sequential(
-        [keras.layers.Dense(16, activation="relu"), keras.layers.Dense(units)]
-    )
+    return keras.Sequential([keras.layers.Dense(16, activation="relu"), keras.layers.Dense(units)])
 
 
 def conv_block():
@@ -410,9 +408,7 @@ def test_mirrored_strategy_fit_matches_no_recompute(mirrored_strategy):
                 [
                     keras.Input((6,)),
                     wrap(
-                        keras.Sequential(
-                            [keras.layers.Dense(8), keras.layers.BatchNormalization()]
-                        )
+                        keras.Sequential([keras.layers.Dense(8), keras.layers.BatchNormalization()])
                     ),
                     keras.layers.Dense(4),
                 ]
@@ -572,7 +568,9 @@ def test_function_form_captured_tf_variable_and_nested_inputs():
             loss = tf.reduce_sum(f((a, b)) ** 2)
         return tape.gradient(loss, [a, b, w])
 
-    assert_grads_equal(tf.function(lambda: grads(fn))(), tf.function(lambda: grads(recompute(fn)))())
+    assert_grads_equal(
+        tf.function(lambda: grads(fn))(), tf.function(lambda: grads(recompute(fn)))()
+    )
 
 
 # ---------------------------------------------------------------- bad input

@@ -120,8 +120,7 @@ def recompute_call(
         def grad_fn(*dys, variables=None):
             variables = list(variables or ())
             dys = [
-                tf.zeros_like(o) if d is None else d
-                for d, o in zip(dys, flat_outputs, strict=True)
+                tf.zeros_like(o) if d is None else d for d, o in zip(dys, flat_outputs, strict=True)
             ]
             zero = _zero_after(dys)
             inputs = [v + tf.cast(zero, v.dtype) for v in values]

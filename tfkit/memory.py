@@ -215,4 +215,3 @@ def measure_in_subprocess(
         f"measure_in_subprocess: {target} failed (exit code {proc.returncode}):\n"
         + proc.stderr[-4000:]
     )
-
