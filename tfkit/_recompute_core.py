@@ -1,0 +1,175 @@
+"""The recompute-in-backprop primitive behind :mod:`tfkit.recompute`.
+
+One ``tf.custom_gradient`` per call. The forward pass runs with the tape
+stopped, so none of its intermediate tensors is kept for the backward pass; the
+gradient function runs the block again under a local tape and differentiates
+it. What it does differently from ``tf.recompute_grad``, and why, is written in
+docs/recompute.md ("Where the time goes").
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+from keras.src.backend.common import global_state
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+from keras.src.layers.layer import CallContext
+from tensorflow.python.eager import record
+
+from tfkit import _recompute_state as state
+
+__all__ = ["recompute_call"]
+
+
+def _is_differentiable(x) -> bool:
+    return tf.is_tensor(x) and (x.dtype.is_floating or x.dtype.is_complex)
+
+
+def _tape_is_recording() -> bool:
+    """True if some gradient tape could record this call (checked at trace time)."""
+    return record.could_possibly_record()
+
+
+def _zero_after(dys: Sequence[tf.Tensor]) -> tf.Tensor:
+    """A scalar 0.0 that data-depends on the first incoming gradient.
+
+    Added to the recomputation inputs it makes the recomputed forward pass start
+    only once the gradient reaches the block, and it stops common-subexpression
+    elimination (Grappler, XLA) from merging the recomputation with the
+    original forward pass, which would bring every activation back. XLA ignores
+    control dependencies, hence a data dependency. Reading one element costs
+    nothing; ``where`` keeps a NaN gradient NaN.
+    """
+    first = tf.reshape(dys[0], [-1])[:1]
+    probe = tf.reduce_max(tf.cast(first, tf.float32))
+    return tf.where(tf.math.is_nan(probe), tf.constant(float("nan")), tf.constant(0.0))
+
+
+def recompute_call(
+    fn: Callable,
+    args: tuple,
+    kwargs: dict,
+    *,
+    owner: str,
+    layers: Callable[[], list] | None = None,
+    warned: set | None = None,
+):
+    """Call ``fn(*args, **kwargs)``, recomputing its activations in backprop.
+
+    Floating-point tensors anywhere in ``args`` and ``kwargs`` are the
+    differentiable inputs of the block; every other leaf (Python values, integer
+    or boolean masks) is bound into a closure, so ``tf.custom_gradient`` only
+    ever sees positional tensors (``keras.remat`` fails in graph mode because
+    it passes keyword arguments through).
+
+    Args:
+        fn: the block.
+        args, kwargs: its arguments.
+        owner: name used in errors and warnings.
+        layers: returns the Keras layers inside ``fn`` (to check there is
+            something to differentiate and to name the culprit of a
+            non-deterministic op); ``None`` if unknown.
+        warned: a set shared across calls so each warning is given once.
+    """
+    if in_symbolic_scope() or not _tape_is_recording():
+        # Shape inference, building, inference: nothing to differentiate.
+        return fn(*args, **kwargs)
+
+    structure = (args, kwargs)
+    leaves = tf.nest.flatten(structure)
+    positions = [i for i, leaf in enumerate(leaves) if _is_differentiable(leaf)]
+    inner_layers = layers() if layers is not None else []
+    if (
+        not positions
+        and layers is not None
+        and not any(v.trainable for layer in inner_layers for v in layer.trainable_variables)
+    ):
+        raise ValueError(
+            f"{owner}: nothing to recompute. The block received no floating-point tensor "
+            "input and has no trainable variables, so no gradient flows through it; "
+            "call it without recomputation."
+        )
+    tensors = [leaves[i] for i in positions]
+    if not tensors:
+        # tf.custom_gradient needs one tensor input; the block's only
+        # differentiable sources are its variables (e.g. an Embedding on ids).
+        tensors = [tf.zeros([])]
+
+    def call_with(values):
+        filled = list(leaves)
+        # strict=False: with no differentiable input, `values` is the dummy scalar.
+        for i, t in zip(positions, values, strict=False):
+            filled[i] = t
+        a, k = tf.nest.pack_sequence_as(structure, filled)
+        return fn(*a, **k)
+
+    call_context = global_state.get_global_attribute("current_call_ctx") or CallContext(
+        entry_layer=None
+    )
+    autocast = keras.src.backend.get_autocast_scope()
+
+    @tf.custom_gradient
+    def block(*values):
+        with state.AssignRecorder() as recorder, record.stop_recording():
+            outputs = call_with(values)
+        flat_outputs = tf.nest.flatten(outputs)
+
+        def grad_fn(*dys, variables=None):
+            variables = list(variables or ())
+            dys = [
+                tf.zeros_like(o) if d is None else d for d, o in zip(dys, flat_outputs, strict=True)
+            ]
+            zero = _zero_after(dys)
+            inputs = [v + tf.cast(zero, v.dtype) for v in values]
+            eager = tf.executing_eagerly()
+            graph = None if eager else tf.compat.v1.get_default_graph()
+            first_op = 0 if eager else len(graph.get_operations())
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(inputs)
+                tape.watch(variables)
+                with state.replay_scope(
+                    recorder.mapping,
+                    call_context,
+                    autocast.dtype if autocast is not None else None,
+                    autocast is not None,
+                ):
+                    recomputed = tf.nest.flatten(call_with(inputs))
+            if not eager:
+                _warn_nondeterministic(
+                    graph.get_operations()[first_op:], owner, inner_layers, warned
+                )
+            grads = tape.gradient(
+                recomputed,
+                inputs + variables,
+                output_gradients=dys,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            return grads[: len(inputs)], grads[len(inputs) :]
+
+        return outputs, grad_fn
+
+    return block(*tensors)
+
+
+def _warn_nondeterministic(ops, owner, layers: list, warned):
+    culprits = state.find_nondeterministic_ops(ops)
+    if not culprits:
+        return
+    seen = warned if warned is not None else set()
+    for op in culprits:
+        name = state.layer_owning_op(op, layers) or owner
+        if name in seen:
+            continue
+        seen.add(name)
+        warnings.warn(
+            f"{owner}: layer '{name}' runs the stateful op '{op.type}' ({op.name}), which "
+            "draws different values (or updates state again) when the block is "
+            "recomputed in backprop; its gradients will not match the forward pass. "
+            "Use keras.random ops with a keras.random.SeedGenerator (as Keras layers "
+            "do) or keep this layer outside the recomputed block.",
+            UserWarning,
+            stacklevel=2,
+        )

@@ -1,0 +1,184 @@
+"""State handling for recomputation: replay random seeds, never apply updates twice.
+
+A recomputed forward pass must see exactly the state the original forward pass
+saw, and must leave no trace. Keras 3 keeps all layer state in Keras
+``Variable`` objects updated through ``Variable.assign`` (``assign_add`` and
+``assign_sub`` call it): BatchNormalization moving statistics, and the
+``SeedGenerator`` state every Keras random op (Dropout, GaussianNoise, ...)
+draws its seed from and advances by one per draw.
+
+So:
+
+* during the original forward pass, :class:`AssignRecorder` notes the value
+  each Keras variable had *before* its first assignment;
+* the recomputed pass runs inside ``keras.StatelessScope(state_mapping=...)``
+  mapping those variables to the noted values. Reads see the pre-forward state
+  (the same seeds, hence the same dropout masks), and every assignment is
+  captured by the scope and dropped (moving statistics are updated once).
+
+Anything Keras cannot intercept this way (TensorFlow stateful random ops such as
+``tf.random.uniform``, ``tf.random.Generator``, raw ``tf.Variable.assign``)
+still runs in the recomputed pass; :func:`find_nondeterministic_ops` lists such
+ops so the caller can warn, naming the layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+
+import keras
+import tensorflow as tf
+from keras.src.backend.common import global_state
+from keras.src.backend.common.variables import Variable as _KerasVariable
+
+__all__ = [
+    "AssignRecorder",
+    "find_nondeterministic_ops",
+    "layer_owning_op",
+    "replay_scope",
+]
+
+_local = threading.local()
+_patch_lock = threading.Lock()
+_original_assign = None
+
+
+def _recording_assign(self, value):
+    recorders = getattr(_local, "recorders", None)
+    if recorders:
+        recorders[-1].note(self)
+    return _original_assign(self, value)
+
+
+def _install_patch() -> None:
+    """Route ``keras.Variable.assign`` through the recorder, once per process.
+
+    The patch stays installed and is a no-op outside a recording (one
+    thread-local lookup per assignment). It is never removed, because replica
+    threads of a ``tf.distribute`` strategy trace concurrently and one thread
+    removing it would blind the others.
+    """
+    global _original_assign
+    with _patch_lock:
+        if _original_assign is None:
+            _original_assign = _KerasVariable.assign
+            _KerasVariable.assign = _recording_assign
+
+
+def _raw_value(variable):
+    """The variable's current value in its own dtype (no mixed-precision autocast)."""
+    with keras.src.backend.AutocastScope(None):
+        return tf.identity(variable.value)
+
+
+class AssignRecorder:
+    """Context manager noting the pre-assignment value of every Keras variable assigned.
+
+    ``mapping`` is a list of ``(variable, value_before_first_assign)`` suitable
+    for ``keras.StatelessScope(state_mapping=...)``.
+    """
+
+    def __init__(self) -> None:
+        _install_patch()
+        self._seen: set[int] = set()
+        self.mapping: list[tuple[_KerasVariable, tf.Tensor]] = []
+
+    def note(self, variable) -> None:
+        if id(variable) in self._seen:
+            return
+        self._seen.add(id(variable))
+        # Read before the assignment runs: in graph mode the automatic control
+        # dependencies of tf.function order this read before the assign op.
+        self.mapping.append((variable, _raw_value(variable)))
+
+    def __enter__(self) -> AssignRecorder:
+        if not hasattr(_local, "recorders"):
+            _local.recorders = []
+        _local.recorders.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _local.recorders.pop()
+
+
+class _NoRecording:
+    """Suspend any enclosing recorder (the recomputed pass must not be recorded)."""
+
+    def __enter__(self):
+        self._saved = getattr(_local, "recorders", [])
+        _local.recorders = []
+
+    def __exit__(self, *exc):
+        _local.recorders = self._saved
+
+
+@contextlib.contextmanager
+def replay_scope(mapping, call_context, autocast_dtype, has_autocast):
+    """Re-enter the forward pass's Keras context for the recomputed pass.
+
+    Args:
+        mapping: ``AssignRecorder.mapping`` of the forward pass.
+        call_context: the Keras ``CallContext`` active during the forward pass
+            (carries ``training``); a layer called outside one would clear its
+            ``losses`` on entry, so one is always set.
+        autocast_dtype: dtype of the mixed-precision autocast scope of the
+            forward pass (``None`` for a scope that disables autocasting).
+        has_autocast: whether an autocast scope was active at all.
+    """
+    saved_ctx = global_state.get_global_attribute("current_call_ctx")
+    global_state.set_global_attribute("current_call_ctx", call_context)
+    try:
+        with _NoRecording(), keras.StatelessScope(state_mapping=mapping):
+            if has_autocast:
+                with keras.src.backend.AutocastScope(autocast_dtype):
+                    yield
+            else:
+                yield
+    finally:
+        global_state.set_global_attribute("current_call_ctx", saved_ctx)
+
+
+# TensorFlow ops whose result or effect differs when run a second time.
+_NONDETERMINISTIC = {
+    "RandomUniform",
+    "RandomUniformInt",
+    "RandomStandardNormal",
+    "TruncatedNormal",
+    "ParameterizedTruncatedNormal",
+    "RandomGamma",
+    "RandomPoisson",
+    "RandomPoissonV2",
+    "RandomShuffle",
+    "Multinomial",
+    "RandomCrop",
+    "RngReadAndSkip",
+    "RngSkip",
+    "AssignVariableOp",
+    "AssignAddVariableOp",
+    "AssignSubVariableOp",
+}
+_NONDETERMINISTIC_PREFIXES = ("Stateful", "ResourceScatter", "ResourceApply", "Assign")
+
+
+def find_nondeterministic_ops(ops) -> list:
+    """Return the ops among ``ops`` whose recomputation cannot reproduce the forward pass."""
+    return [
+        op
+        for op in ops
+        if op.type in _NONDETERMINISTIC or op.type.startswith(_NONDETERMINISTIC_PREFIXES)
+    ]
+
+
+def layer_owning_op(op, layers) -> str | None:
+    """Name of the innermost layer among ``layers`` whose name scope contains ``op``."""
+    names = {layer.name for layer in layers}
+    for part in reversed(op.name.split("/")[:-1]):
+        if part in names:
+            return part
+        # tf.name_scope makes repeated scopes unique as "name_1", "name_2", ...
+        base = re.sub(r"_\d+$", "", part)
+        if base in names:
+            return base
+    return None
