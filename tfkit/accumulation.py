@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -38,6 +40,24 @@ def _needs_merge_call() -> bool:
     return tf.distribute.has_strategy() and not (
         tf.__internal__.distribute.strategy_supports_no_merge_call()
     )
+
+
+def _clips(optimizer) -> bool:
+    return any(
+        bool(value) and value > 0
+        for value in (optimizer.clipnorm, optimizer.global_clipnorm, optimizer.clipvalue)
+    )
+
+
+def _clip_like(optimizer, grads):
+    """Clip ``grads`` as ``optimizer`` would (Keras' clipnorm / global_clipnorm / clipvalue)."""
+    if optimizer.clipnorm and optimizer.clipnorm > 0:
+        return [tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
+    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
+        return tf.clip_by_global_norm(grads, optimizer.global_clipnorm)[0]
+    if optimizer.clipvalue and optimizer.clipvalue > 0:
+        return [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
+    return grads
 
 
 def _all_finite(grads) -> tf.Tensor:
@@ -380,12 +400,25 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     def _real_update(self, variables):
         count = ops.cast(self._micro_step, "float32")
-        grads = []
-        for v in variables:
-            accumulator = self._accumulators[self._get_variable_index(v)]
-            grads.append(ops.cast(ops.divide(accumulator.value, count), v.dtype))
-        # The inner optimizer all-reduces the per-replica means, clips, decays
-        # and steps exactly as it would for one big batch.
+        means = [
+            ops.divide(self._accumulators[self._get_variable_index(v)].value, count)
+            for v in variables
+        ]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1 and _clips(self.inner_optimizer):
+            # Keras clips the per-replica gradients *before* its all-reduce,
+            # which is not the clip of the global gradient. Reduce here, clip
+            # the global mean as the inner optimizer would, and hand each
+            # replica 1/n of it: the inner's own clip is then a no-op (every
+            # norm and value is at most clip / n) and its all-reduce sums the
+            # shares back to the clipped global mean.
+            means = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, means
+            )
+            means = [m / replicas for m in _clip_like(self.inner_optimizer, means)]
+        grads = [ops.cast(m, v.dtype) for m, v in zip(means, variables, strict=True)]
+        # Otherwise the inner optimizer all-reduces the per-replica means, then
+        # clips, decays and steps exactly as it would for one big batch.
         self.inner_optimizer.apply(grads, variables)
         for v in variables:
             accumulator = self._accumulators[self._get_variable_index(v)]
@@ -403,7 +436,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras deserialisation edits nested configs in place
         inner = keras.saving.deserialize_keras_object(
             config.pop("inner_optimizer"), custom_objects=custom_objects
         )
