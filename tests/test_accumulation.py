@@ -149,7 +149,11 @@ def test_micro_batches_equal_big_batch_custom_loop(name):
     _assert_all_close(_values(acc.inner_optimizer.variables), _values(ref.variables))
 
 
-@pytest.mark.parametrize("name", ["sgd_nesterov", "adamw", "adam_global_clipnorm"])
+@pytest.mark.parametrize(
+    "name",
+    ["adamw"]
+    + [pytest.param(n, marks=pytest.mark.slow) for n in ["sgd_nesterov", "adam_global_clipnorm"]],
+)
 def test_micro_batches_equal_big_batch_xla(name):
     model, ref_model, acc, _ = _run_custom_loop(INNERS[name], compiled=True)
     _assert_all_close(_values(model.trainable_variables), _values(ref_model.trainable_variables))
@@ -208,8 +212,8 @@ def _fit_pair(make_inner, epochs=2, **compile_kwargs):
     "name, compile_kwargs",
     [
         ("sgd_momentum", {}),
-        ("adamw", {"jit_compile": True}),
-        ("adam", {"steps_per_execution": 3}),
+        pytest.param("adamw", {"jit_compile": True}, marks=pytest.mark.slow),
+        pytest.param("adam", {"steps_per_execution": 3}, marks=pytest.mark.slow),
         ("sgd_nesterov", {"jit_compile": True, "steps_per_execution": 5}),
     ],
 )
@@ -265,6 +269,24 @@ def test_schedule_in_fit_is_evaluated_at_real_updates():
     model.fit(x, y, batch_size=B, epochs=1, verbose=0)  # 16 micro-batches, 4 updates
     assert int(acc.iterations) == 4
     np.testing.assert_allclose(float(acc.learning_rate), 0.1 * 0.5**4, rtol=1e-6)
+
+
+def test_loss_scale_factor_is_the_inner_one():
+    inner = keras.optimizers.SGD(0.1, loss_scale_factor=8.0)
+    acc = GradientAccumulator(inner, K)
+    assert acc.loss_scale_factor == 8.0
+    np.testing.assert_allclose(float(acc.scale_loss(tf.constant(2.0))), 16.0)
+    keras.optimizers.LossScaleOptimizer(acc)  # switches the inner's static factor off
+    assert inner.loss_scale_factor is None and acc.loss_scale_factor is None
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tfkit.accumulation
+
+    result = doctest.testmod(tfkit.accumulation, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 5 and result.failed == 0
 
 
 def test_learning_rate_reads_and_sets_the_inner_rate():
@@ -574,7 +596,11 @@ def _fit_under(strategy, make_inner, x, y, batch, epochs=2):
     return model, acc
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd_clipnorm", "adam_global_clipnorm", "sgd_clipvalue"])
+@pytest.mark.parametrize(
+    "name",
+    ["adamw", "adam_global_clipnorm"]
+    + [pytest.param(n, marks=pytest.mark.slow) for n in ["sgd_clipnorm", "sgd_clipvalue"]],
+)
 def test_mirrored_fit_equals_single_device(mirrored_strategy, name):
     x, y = _data(64)
     single, _ = _fit_under(tf.distribute.get_strategy(), INNERS[name], x, y, batch=8)

@@ -292,6 +292,20 @@ class GradientAccumulator(keras.optimizers.Optimizer):
     def learning_rate(self, learning_rate):
         self.inner_optimizer.learning_rate = learning_rate
 
+    @property
+    def loss_scale_factor(self):
+        inner = getattr(self, "inner_optimizer", None)
+        return None if inner is None else inner.loss_scale_factor
+
+    @loss_scale_factor.setter
+    def loss_scale_factor(self, value):
+        # The inner optimizer unscales in its own apply(), so its factor is the
+        # one that counts; a LossScaleOptimizer around us sets None here to
+        # switch it off, as it does for the optimizer it wraps directly.
+        inner = getattr(self, "inner_optimizer", None)
+        if inner is not None:
+            inner.loss_scale_factor = value
+
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)
 
