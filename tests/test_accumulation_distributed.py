@@ -1,0 +1,100 @@
+"""GradientAccumulator under MultiWorkerMirroredStrategy: two local worker processes.
+
+Each worker runs tests/mw_worker_accumulation.py with its own TF_CONFIG on
+127.0.0.1; the result must equal single-device training on the same global
+batches (float32, rtol 1e-5), including ``flush()`` of the last partial window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+TIMEOUT_S = 240
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _single_device_reference():
+    sys.path.insert(0, str(HERE))
+    try:
+        import mw_worker_accumulation as worker
+    finally:
+        sys.path.remove(str(HERE))
+    from tfkit.accumulation import GradientAccumulator
+
+    x, y = worker.data()
+    model = worker.build_model()
+    optimizer = GradientAccumulator(worker.inner(), worker.K)
+    model.compile(optimizer=optimizer, loss="mse")
+    model.fit(x, y, batch_size=worker.GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
+    optimizer.flush()
+    return model.get_weights()
+
+
+@pytest.mark.slow  # two fresh TensorFlow processes: ~30 s of CPU, over a minute on a busy machine
+def test_multi_worker_mirrored_equals_single_device(tmp_path, root):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+            TF_CPP_MIN_LOG_LEVEL="3",
+            CUDA_VISIBLE_DEVICES="",
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "mw_worker_accumulation.py"),
+                    str(tmp_path / f"w{index}.npz"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=TIMEOUT_S)[0].decode(errors="replace"))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+
+    expected = _single_device_reference()
+    for index in range(2):
+        result = np.load(tmp_path / f"w{index}.npz")
+        assert int(result["replicas"]) == 2
+        # After fit: 2 updates, 2 micro-batches open; after flush: 3 updates, window empty.
+        assert result["counters"].tolist() == [2, 2, 3, 0]
+        weights = [result[f"arr_{i}"] for i in range(len(expected))]
+        for w, e in zip(weights, expected, strict=True):
+            np.testing.assert_allclose(w, e, rtol=1e-5, atol=1e-6)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
