@@ -1,0 +1,22 @@
+"""Callbacks for ``model.fit`` and custom loops: early stopping, plateau reduction on any
+schedule, momentum/beta_1 scheduling, hyperparameter logging and diagnostics."""
+
+from tfkit.callbacks.early_stopping import EarlyStopping
+from tfkit.callbacks.momentum import (
+    MomentumScheduler,
+    ScheduledHyperparameter,
+    schedule_hyperparameter,
+    unschedule_hyperparameter,
+)
+from tfkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
+from tfkit.callbacks.scaled_schedule import ScaledSchedule
+
+__all__ = [
+    "EarlyStopping",
+    "MomentumScheduler",
+    "ReduceLROnPlateau",
+    "ScaledSchedule",
+    "ScheduledHyperparameter",
+    "schedule_hyperparameter",
+    "unschedule_hyperparameter",
+]
