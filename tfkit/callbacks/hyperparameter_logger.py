@@ -1,0 +1,125 @@
+"""Put the optimizer's live hyperparameters (lr, momentum, loss scale, ...) into the logs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tfkit.callbacks._optimizer_access import base_optimizer, is_schedule, raw_learning_rate
+from tfkit.callbacks.momentum import ScheduledHyperparameter
+from tfkit.optimizers import find_in_chain
+
+__all__ = ["HyperparameterLogger"]
+
+# Attributes looked up anywhere in the optimizer chain, logged under the same key.
+# ``loss_scale``/``skipped_steps``: tfkit's LossScaleOptimizer; ``dynamic_scale``:
+# Keras' own; the others: a gradient accumulator's window state.
+DEFAULT_CHAIN_ATTRIBUTES = (
+    "loss_scale",
+    "dynamic_scale",
+    "skipped_steps",
+    "accumulation_steps",
+    "micro_step",
+)
+
+
+def _number(value) -> float | None:
+    try:
+        array = np.asarray(keras.ops.convert_to_numpy(value))
+    except Exception:  # noqa: BLE001 - anything that is not a number is simply not logged
+        return None
+    if array.shape != () or array.dtype.kind not in "fiub":
+        return None
+    return float(array)
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class HyperparameterLogger(keras.callbacks.Callback):
+    """Log the learning rate actually used, momentum/beta_1, loss scale and skipped steps.
+
+    At each epoch end (and each batch end with ``per_batch=True``) it writes into
+    ``logs``:
+
+    * ``learning_rate``: the rate used by the most recent update, i.e. the
+      innermost optimizer's schedule at ``iterations - 1`` (including any
+      ``ReduceLROnPlateau`` multiplier), or its current value if it is a float;
+    * ``momentum`` or ``beta_1``: likewise, following a ``MomentumScheduler``;
+    * every attribute of ``chain_attributes`` found on any optimizer of the
+      wrapper chain (``inner_optimizer``): by default ``loss_scale`` and
+      ``skipped_steps`` (tfkit's ``LossScaleOptimizer``), ``dynamic_scale``
+      (Keras' one), ``accumulation_steps`` and ``micro_step`` (a gradient
+      accumulator's state).
+
+    History, CSVLogger and TensorBoard read the same ``logs`` dict *after*
+    this callback only if it comes first: put it before them in
+    ``callbacks=[...]`` (Keras appends its own History last, so that one is
+    always fine). Each logged value costs one small device-to-host read, so
+    ``per_batch`` is off by default.
+
+    Args:
+        per_batch: Also write into the per-batch logs. Default False.
+        chain_attributes: Attribute names looked up through the optimizer chain.
+        prefix: String prepended to every key (e.g. ``"opt/"``). Default ``""``.
+
+    Example:
+        >>> import numpy as np, keras
+        >>> from tfkit.callbacks import HyperparameterLogger
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+        >>> h = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0, callbacks=[HyperparameterLogger()])
+        >>> round(h.history["learning_rate"][0], 6), round(h.history["momentum"][0], 6)
+        (0.1, 0.9)
+    """
+
+    def __init__(self, per_batch: bool = False, chain_attributes=DEFAULT_CHAIN_ATTRIBUTES, prefix: str = ""):
+        super().__init__()
+        if not isinstance(per_batch, bool):
+            raise TypeError(f"HyperparameterLogger: `per_batch` must be a bool; received per_batch={per_batch!r}.")
+        if isinstance(chain_attributes, str) or not all(isinstance(a, str) for a in chain_attributes):
+            raise TypeError("HyperparameterLogger: `chain_attributes` must be a sequence of attribute names; "
+                            f"received chain_attributes={chain_attributes!r}.")
+        if not isinstance(prefix, str):
+            raise TypeError(f"HyperparameterLogger: `prefix` must be a string; received prefix={prefix!r}.")
+        self.per_batch = per_batch
+        # Without per-batch work, let Keras dispatch batch callbacks asynchronously.
+        self.async_safe = not per_batch
+        self.chain_attributes = tuple(chain_attributes)
+        self.prefix = prefix
+
+    def values(self) -> dict:
+        """The current values (what would be written into the logs now)."""
+        outer = self.model.optimizer
+        inner = base_optimizer(outer)
+        last_step = max(int(keras.ops.convert_to_numpy(inner.iterations)) - 1, 0)
+        out = {}
+        lr = raw_learning_rate(inner)
+        if is_schedule(lr):
+            out["learning_rate"] = _number(lr(last_step))
+        elif callable(lr) and not isinstance(lr, keras.Variable):
+            out["learning_rate"] = _number(lr())
+        else:
+            out["learning_rate"] = _number(lr)
+        for name in ("momentum", "beta_1"):
+            if hasattr(inner, name):
+                value = getattr(inner, name)
+                if isinstance(value, ScheduledHyperparameter):
+                    value = value.schedule(last_step)
+                out[name] = _number(value)
+        for name in self.chain_attributes:
+            owner = find_in_chain(outer, name)
+            if owner is not None:
+                out[name] = _number(getattr(owner, name))
+        if out.get("loss_scale") is not None:
+            out.pop("dynamic_scale", None)  # tfkit's LSO subclasses Keras': same number twice
+        return {self.prefix + k: v for k, v in out.items() if v is not None}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.values())
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.per_batch and logs is not None:
+            logs.update(self.values())
+
+    def get_config(self) -> dict:
+        return {"per_batch": self.per_batch, "chain_attributes": list(self.chain_attributes), "prefix": self.prefix}
