@@ -48,11 +48,12 @@ class DeviceSnapshot(tf.Module):
             return
         self._sources = variables
         if len(self.copies) != len(variables):
+            # Appended one by one to the tracked list, so values waiting in a
+            # checkpoint restored before this point (deferred restoration) land here.
+            del self.copies[:]
             with _strategy_scope(model):
-                self.copies = [
-                    tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name=f"copy_{i}")
-                    for i, v in enumerate(variables)
-                ]
+                for i, v in enumerate(variables):
+                    self.copies.append(tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name=f"copy_{i}"))
         sources = variables
         copies = list(self.copies)
 

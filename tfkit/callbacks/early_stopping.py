@@ -177,11 +177,11 @@ class EarlyStopping(keras.callbacks.Callback):
             self.state.set("has_best_weights", 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._direction is None:
-            self._direction = _monitor.resolve_direction("EarlyStopping", self.monitor, self.mode, self.model)
         current = self._lookup(logs)
         if current is None or epoch < self.start_from_epoch:
             return
+        if self._direction is None:
+            self._direction = _monitor.resolve_direction("EarlyStopping", self.monitor, self.mode, self.model)
         if not math.isfinite(current) and self.stop_on_nonfinite:
             self.state.set("stopped_epoch", epoch)
             self.stopped_on_nonfinite = True

@@ -169,14 +169,14 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
             )
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._direction is None:
-            self._direction = _monitor.resolve_direction("ReduceLROnPlateau", self.monitor, self.mode, self.model)
         optimizer = base_optimizer(self.model)
         if logs is not None:
             logs["learning_rate"] = float(np.asarray(optimizer.learning_rate))
         current = self._lookup(logs)
         if current is None:
             return
+        if self._direction is None:
+            self._direction = _monitor.resolve_direction("ReduceLROnPlateau", self.monitor, self.mode, self.model)
         wait, cooldown_counter = self.wait, self.cooldown_counter
         if cooldown_counter > 0:
             cooldown_counter -= 1
