@@ -42,3 +42,14 @@ def refresh_train_function(model) -> None:
     if model is not None and getattr(model, "train_function", None) is not None:
         model.train_function = None
         model.make_train_function()
+
+
+def last_used_learning_rate(optimizer) -> float:
+    """The rate used by the most recent update: a schedule at ``iterations - 1`` (0 before any)."""
+    lr = raw_learning_rate(optimizer)
+    if is_schedule(lr):
+        last_step = max(int(keras.ops.convert_to_numpy(optimizer.iterations)) - 1, 0)
+        lr = lr(last_step)
+    elif callable(lr) and not isinstance(lr, keras.Variable):
+        lr = lr()
+    return float(keras.ops.convert_to_numpy(lr))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfkit.callbacks._optimizer_access import base_optimizer, is_schedule, raw_learning_rate
+from tfkit.callbacks._optimizer_access import base_optimizer, last_used_learning_rate
 from tfkit.callbacks.momentum import ScheduledHyperparameter
 from tfkit.optimizers import find_in_chain
 
@@ -92,13 +92,7 @@ class HyperparameterLogger(keras.callbacks.Callback):
         inner = base_optimizer(outer)
         last_step = max(int(keras.ops.convert_to_numpy(inner.iterations)) - 1, 0)
         out = {}
-        lr = raw_learning_rate(inner)
-        if is_schedule(lr):
-            out["learning_rate"] = _number(lr(last_step))
-        elif callable(lr) and not isinstance(lr, keras.Variable):
-            out["learning_rate"] = _number(lr())
-        else:
-            out["learning_rate"] = _number(lr)
+        out["learning_rate"] = last_used_learning_rate(inner)
         for name in ("momentum", "beta_1"):
             if hasattr(inner, name):
                 value = getattr(inner, name)
@@ -123,3 +117,7 @@ class HyperparameterLogger(keras.callbacks.Callback):
 
     def get_config(self) -> dict:
         return {"per_batch": self.per_batch, "chain_attributes": list(self.chain_attributes), "prefix": self.prefix}
+
+    @classmethod
+    def from_config(cls, config: dict) -> HyperparameterLogger:
+        return cls(**config)

@@ -208,3 +208,7 @@ class NaNGuard(keras.callbacks.Callback):
 
     def get_config(self) -> dict:
         return {"monitor": self.monitor, "restore": self.restore}
+
+    @classmethod
+    def from_config(cls, config: dict) -> NaNGuard:
+        return cls(**config)

@@ -12,6 +12,7 @@ from tfkit.callbacks import _monitor
 from tfkit.callbacks._optimizer_access import (
     base_optimizer,
     is_schedule,
+    last_used_learning_rate,
     raw_learning_rate,
     refresh_train_function,
 )
@@ -171,7 +172,9 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         optimizer = base_optimizer(self.model)
         if logs is not None:
-            logs["learning_rate"] = float(np.asarray(optimizer.learning_rate))
+            # As Keras' callback, but the rate of the last update, and a
+            # HyperparameterLogger placed earlier keeps its (identical) value.
+            logs.setdefault("learning_rate", last_used_learning_rate(optimizer))
         current = self._lookup(logs)
         if current is None:
             return

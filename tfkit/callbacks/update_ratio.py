@@ -135,3 +135,7 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
 
     def get_config(self) -> dict:
         return {"frequency": self.frequency, "low": self.low, "high": self.high, "per_batch": self.per_batch}
+
+    @classmethod
+    def from_config(cls, config: dict) -> UpdateRatioMonitor:
+        return cls(**config)
