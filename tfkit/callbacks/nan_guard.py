@@ -19,7 +19,7 @@ def _all_finite(tensors) -> tf.Tensor:
 
 
 def _is_finite(value) -> bool:
-    array = np.asarray(keras.ops.convert_to_numpy(value))
+    array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
     return bool(np.all(np.isfinite(array))) if array.dtype.kind in "fc" else True
 
 
@@ -96,6 +96,7 @@ class NaNGuard(keras.callbacks.Callback):
     def _bind(self):
         variables = self._variables()
         self._snapshot.bind(variables, self.model)
+        self._snapshot.clear()
         snapshot = self._snapshot
 
         @tf.function(autograph=False)
@@ -110,8 +111,10 @@ class NaNGuard(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.report = None
-        self._snapshot.clear()
-        self._check = None
+        self._bind()
+        # The starting point is the first "last good" state (if it is finite).
+        if bool(self._check(tf.constant(0.0))):
+            self._snapshot.taken.assign(1)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -140,9 +143,14 @@ class NaNGuard(keras.callbacks.Callback):
             layer.name for layer in self.model.layers
             if any(not _is_finite(w) for w in layer.weights)
         ]
-        report.update(self.diagnose(*self.diagnosis_data) if self.diagnosis_data is not None else {})
-        restored = self.restore and self._snapshot.restore()
-        report["restored"] = bool(restored)
+        restored = bool(self.restore and self._snapshot.restore())
+        report["restored"] = restored
+        if self.diagnosis_data is not None:
+            # Replaying from the last good state shows where the failing step went
+            # non-finite; the current (already corrupted) weights would only point
+            # at the first layer holding a NaN.
+            report.update(self.diagnose(*self.diagnosis_data))
+            report["diagnosed_at"] = "last good weights" if restored else "current weights"
         self.report = report
         self.model.stop_training = True
         warnings.warn(self.describe(report), stacklevel=2)
@@ -150,58 +158,81 @@ class NaNGuard(keras.callbacks.Callback):
     def diagnose(self, x, y) -> dict:
         """Locate non-finite values for the batch ``(x, y)`` with the current weights.
 
-        Returns a dict with ``input_finite``, ``forward_origin`` (first layer with
-        a non-finite output, or ``None``), ``gradient_layers`` and ``gradient_origin``.
+        Runs the model in inference mode (no BatchNorm statistics updates, no
+        dropout) under a gradient tape. Returns a dict with
+
+        * ``input_finite``: whether ``x`` itself is finite;
+        * ``forward_origin``: the first layer (forward order) with a non-finite output;
+        * ``gradient_layers``: layers whose weight gradients are non-finite;
+        * ``gradient_origin``: the layer whose backward pass first produced a
+          non-finite gradient (Sequential models: finite gradient at its output,
+          non-finite at its input; otherwise the last of ``gradient_layers``).
         """
+        model = self.model
+        x = tf.nest.map_structure(tf.convert_to_tensor, x)
         out = {"input_finite": all(_is_finite(t) for t in tf.nest.flatten(x))}
+        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        sequential = isinstance(model, keras.Sequential)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(tf.nest.flatten(x))
+            if sequential:
+                outputs, value = [], x
+                for layer in layers:
+                    value = layer(value, training=False)
+                    outputs.append(value)
+                y_pred = value
+            else:
+                outputs = self._functional_outputs(x, layers)
+                y_pred = model(x, training=False)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
         out["forward_origin"] = None
-        for layer, value in self._layer_outputs(x):
+        for layer, value in zip(layers, outputs or [], strict=False):
             if not all(_is_finite(t) for t in tf.nest.flatten(value)):
                 out["forward_origin"] = layer.name
                 break
-        out["gradient_layers"] = self._nonfinite_gradient_layers(x, y)
-        out["gradient_origin"] = out["gradient_layers"][-1] if out["gradient_layers"] else None
-        return out
-
-    def _layer_outputs(self, x):
-        model = self.model
-        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        if isinstance(model, keras.Sequential):
-            value = x
-            for layer in layers:
-                value = layer(value, training=False)
-                yield layer, value
-            return
-        try:
-            probe = keras.Model(model.inputs, [layer.output for layer in layers])
-        except (AttributeError, ValueError, TypeError):
-            return  # subclassed model: no per-layer graph to read
-        yield from zip(layers, probe(x, training=False), strict=True)
-
-    def _nonfinite_gradient_layers(self, x, y) -> list[str]:
-        model = self.model
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True)
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
         variables = model.trainable_variables
         grads = tape.gradient(loss, [v.value for v in variables])
         bad = {id(v) for v, g in zip(variables, grads, strict=True) if g is not None and not _is_finite(g)}
-        return [layer.name for layer in model.layers
-                if any(id(w) in bad for w in layer.trainable_weights)]
+        out["gradient_layers"] = [layer.name for layer in layers
+                                  if any(id(w) in bad for w in layer.trainable_weights)]
+        out["gradient_origin"] = out["gradient_layers"][-1] if out["gradient_layers"] else None
+        if sequential:
+            # Gradient w.r.t. each layer's input and output; walk backwards from the loss.
+            activation_grads = tape.gradient(loss, [tf.nest.flatten(x)[0]] + [tf.nest.flatten(o)[0] for o in outputs])
+            for i in range(len(layers) - 1, -1, -1):
+                g_in, g_out = activation_grads[i], activation_grads[i + 1]
+                out_ok = g_out is None or _is_finite(g_out)
+                in_bad = g_in is not None and not _is_finite(g_in)
+                if out_ok and in_bad:
+                    out["gradient_origin"] = layers[i].name
+                    break
+        del tape
+        return out
+
+    def _functional_outputs(self, x, layers):
+        try:
+            probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
+        except (AttributeError, ValueError, TypeError):
+            return None  # subclassed model: no per-layer graph to read
+        return probe(x, training=False)
 
     @staticmethod
     def describe(report: dict) -> str:
         parts = [f"NaNGuard: non-finite training state at epoch {report['epoch']}, batch {report['batch']} "
                  f"(loss={report['loss']})."]
         if "forward_origin" in report:
+            parts.append(f"Replayed diagnosis_data from the {report['diagnosed_at']}:")
             if not report["input_finite"]:
                 parts.append("The diagnosis input itself is non-finite.")
             parts.append(f"First layer with a non-finite output: {report['forward_origin']!r}.")
             parts.append(f"Layers with non-finite gradients: {report['gradient_layers']} "
                          f"(backprop origin: {report['gradient_origin']!r}).")
+            if report["forward_origin"] is None and not report["gradient_layers"]:
+                parts.append("Forward and gradients are finite there: the update itself overflowed "
+                             "(learning rate too large?).")
         else:
             parts.append("Pass diagnosis_data=(x, y) to locate the first layer producing it.")
-        parts.append(f"Layers with non-finite weights: {report['weight_layers']}.")
+        parts.append(f"Layers with non-finite weights after the failing step: {report['weight_layers']}.")
         parts.append("Restored the last good weights and optimizer state; training stopped."
                      if report["restored"] else "Weights NOT restored; training stopped.")
         return " ".join(parts)
