@@ -122,7 +122,7 @@ def test_fit_sgd_momentum_matches_torch_onecycle_every_step(steps_per_execution)
     constant = numpy_sgd_momentum(x, y, w0, 0.05, [0.9] * 12, batch_size=2)
     assert np.max(np.abs(expected - constant)) > 1e-3
     assert len(traces) == _baseline_traces(steps_per_execution), f"train step traced {len(traces)} times"
-    assert type(model.optimizer.momentum) is float and model.optimizer.momentum == 0.9
+    assert model.optimizer.momentum == 0.9 and model.optimizer.get_config()["momentum"] == 0.9
 
 
 def _baseline_traces(steps_per_execution):
@@ -236,17 +236,24 @@ def test_custom_loop_through_callback_list():
     assert train_step.experimental_get_tracing_count() == 1
 
 
-def test_second_fit_without_callback_stops_cycling():
+def test_later_fits_without_and_with_callback_no_retrace():
+    """After fit(callbacks=[MomentumScheduler]) a plain fit uses the float again, and vice versa."""
     x, y = _linear_problem()
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    w0 = model.get_weights()[0]
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
-    model.fit(x, y, batch_size=2, epochs=3, shuffle=False, verbose=0,
-              callbacks=[MomentumScheduler(OneCycleMomentum())])
-    w_mid = model.get_weights()[0]
-    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
-    # Reference: the constant 0.9 from here on, with the momentum slot carried over.
-    assert type(model.optimizer.momentum) is float
-    assert not np.allclose(model.get_weights()[0], w_mid)
+    traces = []
+    _counting_train_step(model, traces)
+    cb = MomentumScheduler(OneCycleMomentum())
+    model.fit(x, y, batch_size=2, epochs=3, shuffle=False, verbose=0, callbacks=[cb])
+    first = len(traces)
+    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)  # constant 0.9 now
+    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0, callbacks=[cb])  # schedule again
+    assert len(traces) == first  # neither later fit retraced
+    # Updates 12..15 use the float 0.9; updates 16..19 the schedule again (0.95 past the cycle's end).
+    momenta = ONE_CYCLE_SGD_COS + [0.9] * 4 + [0.95] * 4
+    expected = numpy_sgd_momentum(x, y, w0, 0.05, momenta, batch_size=2)
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=2e-5, atol=1e-6)
 
 
 def test_bad_input():

@@ -97,7 +97,7 @@ class HyperparameterLogger(keras.callbacks.Callback):
             if hasattr(inner, name):
                 value = getattr(inner, name)
                 if isinstance(value, ScheduledHyperparameter):
-                    value = value.schedule(last_step)
+                    value = value.current(last_step)
                 out[name] = _number(value)
         for name in self.chain_attributes:
             owner = find_in_chain(outer, name)

@@ -64,11 +64,23 @@ class ScheduledHyperparameter(float):
         obj = super().__new__(cls, nominal)
         obj.schedule = schedule
         obj.optimizer = optimizer
+        # Read in-graph: switching the schedule off (MomentumScheduler.on_train_end)
+        # or on again needs no retrace of an already traced step.
+        obj.enabled = tf.Variable(True, trainable=False, name="hyperparameter_schedule_enabled")
         return obj
 
     def __tf_tensor__(self, dtype=None, name=None):
-        value = tf.convert_to_tensor(self.schedule(self.optimizer.iterations))
-        return tf.cast(value, dtype or tf.float32, name=name)
+        dtype = tf.as_dtype(dtype or tf.float32)
+        value = tf.cast(self.schedule(self.optimizer.iterations), dtype)
+        return tf.where(self.enabled, value, tf.constant(float(self), dtype), name=name)
+
+    def current(self, step: int | None = None) -> float:
+        """Host-side value at ``step`` (default: the last update, ``iterations - 1``)."""
+        if not bool(self.enabled.numpy()):
+            return float(self)
+        if step is None:
+            step = max(int(tf.convert_to_tensor(self.optimizer.iterations).numpy()) - 1, 0)
+        return float(tf.convert_to_tensor(self.schedule(step)).numpy())
 
     def _tensor_like(self, other):
         dtype = getattr(other, "dtype", None)
@@ -138,7 +150,10 @@ def schedule_hyperparameter(optimizer, schedule, hyperparameter: str | None = No
     """Make ``schedule`` drive ``hyperparameter`` of the innermost optimizer of ``optimizer``.
 
     Call it before the train step is traced (``MomentumScheduler`` does it in
-    ``on_train_begin``). ``unschedule_hyperparameter`` restores the float.
+    ``on_train_begin``): a step traced earlier baked the old float in. Calling
+    it again with the same schedule re-enables the installed object and
+    returns it unchanged (no retrace needed). ``unschedule_hyperparameter``
+    restores the plain float (re-trace steps afterwards).
 
     Args:
         optimizer: A Keras optimizer or wrapper chain (``inner_optimizer``).
@@ -169,6 +184,9 @@ def schedule_hyperparameter(optimizer, schedule, hyperparameter: str | None = No
         raise ValueError(f"`schedule(0)` must be a finite value in [0, 1] for `{name}`; received {first!r}.")
     current = getattr(inner, name)
     if isinstance(current, ScheduledHyperparameter):
+        if current.schedule is schedule and current.optimizer is inner:
+            current.enabled.assign(True)  # same object re-enabled: traced steps stay valid
+            return current
         current = float(current)
     nominal = float(current)
     if nominal == 0.0:
@@ -203,8 +221,10 @@ class MomentumScheduler(keras.callbacks.Callback):
     update with ``steps_per_execution > 1``, through ``LossScaleOptimizer`` and
     gradient accumulation, with a single trace. ``on_train_begin`` installs the
     ``ScheduledHyperparameter`` (and re-traces a train step traced earlier
-    without it); ``on_train_end`` restores the original float and drops the
-    traced step so a later ``fit`` without this callback does not keep cycling.
+    without it); ``on_train_end`` switches it off in-graph (a variable), so a
+    later ``fit`` without this callback uses the original float and repeated
+    ``fit`` calls with it do not retrace. The optimizer's ``get_config`` always
+    shows the original float.
 
     In a custom ``tf.function`` loop, drive it through
     ``keras.callbacks.CallbackList`` and call ``on_train_begin`` before the
@@ -223,7 +243,7 @@ class MomentumScheduler(keras.callbacks.Callback):
         >>> model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse", jit_compile=True)
         >>> _ = model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, verbose=0,
         ...               callbacks=[MomentumScheduler(cyc)])
-        >>> model.optimizer.momentum  # the float is back after training
+        >>> float(model.optimizer.momentum)  # the optimizer's config value is unchanged
         0.9
 
     Reference: L. N. Smith, "A disciplined approach to neural network
@@ -240,17 +260,22 @@ class MomentumScheduler(keras.callbacks.Callback):
         self.schedule = schedule
         self.hyperparameter = hyperparameter
         self._name = None
+        self._value = None
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
         self._name = self.hyperparameter or default_hyperparameter(optimizer)
-        schedule_hyperparameter(optimizer, self.schedule, self._name)
-        refresh_train_function(self.model)
+        before = getattr(base_optimizer(optimizer), self._name)
+        value = schedule_hyperparameter(optimizer, self.schedule, self._name)
+        if value is not before:
+            refresh_train_function(self.model)  # a step traced earlier holds the old float
+        self._value = value
 
     def on_train_end(self, logs=None):
-        unschedule_hyperparameter(self.model.optimizer, self._name)
-        if getattr(self.model, "train_function", None) is not None:
-            self.model.train_function = None
+        # Switched off in-graph, not removed: the optimizer and the traced step
+        # stay valid, a later fit without this callback uses the original
+        # float, and a later fit with it needs no retrace.
+        self._value.enabled.assign(False)
 
     def get_config(self) -> dict:
         return {
