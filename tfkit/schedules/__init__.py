@@ -1,0 +1,43 @@
+"""Learning-rate schedules: the complete family, composable, reference-exact, XLA-safe.
+
+Every class is a ``keras.optimizers.schedules.LearningRateSchedule``
+registered for Keras serialization under package ``tfkit``; pass one as an
+optimizer's ``learning_rate``.
+
+Semantics (the same for every schedule):
+
+* ``step`` is the number of real optimizer updates so far, starting at 0.
+  Any scalar int32, int64 or float step works, up to at least 2**40.
+* A schedule that starts later (after a ``Warmup``, or after a ``Join``
+  boundary) sees ``step - start``: ``decay_steps`` never include a warmup.
+* Finite schedules hold their final value past their end.
+* Values are float32, or float64 when the initial rate is float64 or
+  ``dtype="float64"``; step arithmetic runs in float64 (exact integer steps).
+"""
+
+from tfkit.schedules.cosine import CosineDecay, CosineDecayRestarts
+from tfkit.schedules.cyclic import Cyclic
+from tfkit.schedules.exponential import ExponentialDecay, InverseTimeDecay, NaturalExpDecay
+from tfkit.schedules.join import Join
+from tfkit.schedules.linear_cosine import LinearCosineDecay
+from tfkit.schedules.one_cycle import OneCycle, OneCycleMomentum
+from tfkit.schedules.piecewise import MultiStepDecay, PiecewiseConstantDecay
+from tfkit.schedules.polynomial import PolynomialDecay
+from tfkit.schedules.warmup import Warmup
+
+__all__ = [
+    "CosineDecay",
+    "CosineDecayRestarts",
+    "Cyclic",
+    "ExponentialDecay",
+    "InverseTimeDecay",
+    "Join",
+    "LinearCosineDecay",
+    "MultiStepDecay",
+    "NaturalExpDecay",
+    "OneCycle",
+    "OneCycleMomentum",
+    "PiecewiseConstantDecay",
+    "PolynomialDecay",
+    "Warmup",
+]

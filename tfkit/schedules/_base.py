@@ -1,0 +1,196 @@
+"""Shared pieces of every tfkit schedule: argument validation, dtypes, step math.
+
+Numerics, decided once for the package:
+
+* The *value* of a schedule is computed in float32, or in float64 when the
+  initial rate is given as a float64 (``np.float64``, a float64 tensor) or
+  ``dtype="float64"`` is passed.
+* The *step arithmetic* (where in the schedule a step falls: fractions,
+  cycle indices, phase positions) runs in float64, which represents every
+  integer step below 2**53 exactly. A float32 step counter cannot tell step
+  2**24 + 1 from 2**24, and a cyclic schedule at step 2**40 would otherwise land
+  anywhere in its cycle. Only the resulting fraction in [0, 1] is cast to the
+  value dtype, so float32 results stay within float32 rounding of the float64
+  reference at every step.
+* Steps below 0 are treated as step 0 (optimizer iteration counters start at 0).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
+
+_DTYPES = ("float32", "float64")
+
+
+def register(cls):
+    """Register ``cls`` with Keras serialization under package ``tfkit``."""
+    return keras.saving.register_keras_serializable(package="tfkit")(cls)
+
+
+class ScheduleBase(LearningRateSchedule):
+    """Common behaviour: ``dtype``, ``name`` scope and ``from_config``.
+
+    Subclasses implement ``_compute(step)`` where ``step`` is a float64 scalar
+    tensor >= 0; ``__call__`` converts any step tensor to that form.
+    """
+
+    dtype: str
+    name: str | None
+
+    def __call__(self, step):
+        with tf.name_scope(self.name or type(self).__name__):
+            return self._compute(step_as_float64(step))
+
+    def _compute(self, step: tf.Tensor) -> tf.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def step_as_float64(step) -> tf.Tensor:
+    """Any scalar step (int32, int64, float, Python number) as float64, floored at 0."""
+    step = tf.convert_to_tensor(step)
+    if step.dtype != tf.float64:
+        step = tf.cast(step, tf.float64)
+    return tf.maximum(step, tf.constant(0.0, tf.float64))
+
+
+def constant(value: float, dtype: str) -> tf.Tensor:
+    return tf.constant(value, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# Validation. Every message names the class, the argument, the value received
+# and what is allowed.
+
+
+def _fail(owner: str, name: str, value, allowed: str, exc=ValueError):
+    raise exc(f"{owner}: `{name}` must be {allowed}; received {name}={value!r}.")
+
+
+def check_number(
+    owner: str,
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    high_open: bool = False,
+    integer: bool = False,
+) -> float | int:
+    """Validate a finite real (or integer) number in a range; return it as float/int."""
+    if isinstance(value, tf.Tensor | tf.Variable | np.ndarray):
+        if np.ndim(value) != 0:
+            _fail(owner, name, value, "a scalar number", TypeError)
+        value = np.asarray(value).item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "an integer" if integer else "a number"
+        _fail(owner, name, value, kind, TypeError)
+    if integer:
+        if isinstance(value, float) and not value.is_integer() or not math.isfinite(value):
+            _fail(owner, name, value, "an integer", TypeError)
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            _fail(owner, name, value, "finite")
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        if low is not None and high is None:
+            allowed = f"> {lo}" if low_open else f">= {lo}"
+        elif high is not None and low is None:
+            allowed = f"< {hi}" if high_open else f"<= {hi}"
+        else:
+            allowed = f"in {left}{lo}, {hi}{right}"
+        _fail(owner, name, value, allowed)
+    return value
+
+
+def check_rate(owner: str, name: str, value, dtype: str) -> float:
+    """A learning rate: a finite number >= 0 that ``dtype`` can represent."""
+    return check_number(owner, name, value, low=0, high=float(np.finfo(dtype).max))
+
+
+def check_choice(owner: str, name: str, value, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        _fail(owner, name, value, "one of " + ", ".join(repr(c) for c in choices))
+    return value
+
+
+def check_bool(owner: str, name: str, value) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        _fail(owner, name, value, "True or False", TypeError)
+    return bool(value)
+
+
+def check_name(owner: str, name) -> str | None:
+    if name is not None and not isinstance(name, str):
+        _fail(owner, "name", name, "a string or None", TypeError)
+    return name
+
+
+def check_sequence(owner: str, name: str, value, *, min_len: int = 0) -> list:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        _fail(owner, name, value, "a list or tuple", TypeError)
+    value = list(value)
+    if len(value) < min_len:
+        _fail(owner, name, value, f"a list with at least {min_len} element(s)")
+    return value
+
+
+def check_increasing(owner: str, name: str, values: Sequence[float]) -> None:
+    for a, b in zip(values[:-1], values[1:], strict=True):
+        if not b > a:
+            _fail(owner, name, list(values), f"strictly increasing (found {a!r} then {b!r})")
+
+
+def resolve_dtype(owner: str, dtype, *rates) -> str:
+    """``dtype`` if given, else float64 when any rate is a float64 array/tensor, else float32."""
+    if dtype is not None:
+        if isinstance(dtype, tf.DType):
+            dtype = dtype.name
+        if isinstance(dtype, np.dtype) or (
+            isinstance(dtype, type) and issubclass(dtype, np.generic)
+        ):
+            dtype = np.dtype(dtype).name
+        return check_choice(owner, "dtype", dtype, _DTYPES)
+    for rate in rates:
+        rate_dtype = getattr(rate, "dtype", None)
+        if (
+            rate_dtype is not None
+            and np.dtype(getattr(rate_dtype, "as_numpy_dtype", rate_dtype)) == np.float64
+        ):
+            return "float64"
+    return "float32"
+
+
+def fraction(step: tf.Tensor, length: float) -> tf.Tensor:
+    """``min(step, length) / length`` in float64: where a finite phase stands, in [0, 1]."""
+    length = tf.constant(float(length), tf.float64)
+    return tf.minimum(step, length) / length
+
+
+def serialize(schedule) -> dict:
+    return keras.saving.serialize_keras_object(schedule)
+
+
+def deserialize(config):
+    if isinstance(config, LearningRateSchedule):
+        return config
+    return keras.saving.deserialize_keras_object(config)

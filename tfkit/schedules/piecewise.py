@@ -1,0 +1,153 @@
+"""Piecewise-constant schedules: ``PiecewiseConstantDecay`` (Keras) and ``MultiStepDecay`` (PyTorch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from tfkit.schedules._base import (
+    ScheduleBase,
+    check_increasing,
+    check_name,
+    check_number,
+    check_rate,
+    check_sequence,
+    register,
+    resolve_dtype,
+)
+
+
+@register
+class PiecewiseConstantDecay(ScheduleBase):
+    """A constant learning rate on each interval between boundaries.
+
+    Formula (the same intervals as Keras ``PiecewiseConstantDecay``)::
+
+        lr(step) = values[0]   if step <= boundaries[0]
+                   values[i]   if boundaries[i-1] < step <= boundaries[i]
+                   values[-1]  if step > boundaries[-1]
+
+    ``step`` counts real optimizer updates from 0. The last value holds forever.
+
+    Args:
+        boundaries: strictly increasing non-negative step numbers.
+        values: ``len(boundaries) + 1`` non-negative learning rates.
+        name: optional name scope.
+        dtype: ``"float32"`` (default) or ``"float64"``; default float64 when
+            the values are given as float64 arrays.
+
+    Example:
+        >>> s = PiecewiseConstantDecay([100, 200], [1.0, 0.5, 0.1])
+        >>> [round(float(s(t)), 3) for t in (0, 100, 101, 201)]
+        [1.0, 1.0, 0.5, 0.1]
+
+    Reference: ``keras.optimizers.schedules.PiecewiseConstantDecay`` (equal
+    at every step).
+    """
+
+    def __init__(
+        self,
+        boundaries: Sequence[float],
+        values: Sequence[float],
+        name: str | None = None,
+        dtype: str | None = None,
+    ):
+        owner = type(self).__name__
+        boundaries = check_sequence(owner, "boundaries", boundaries, min_len=1)
+        values = check_sequence(owner, "values", values)
+        self.dtype = resolve_dtype(owner, dtype, *values)
+        self.boundaries = [
+            check_number(owner, f"boundaries[{i}]", b, low=0) for i, b in enumerate(boundaries)
+        ]
+        check_increasing(owner, "boundaries", self.boundaries)
+        if len(values) != len(boundaries) + 1:
+            raise ValueError(
+                f"{owner}: `values` must have len(boundaries) + 1 = {len(boundaries) + 1} "
+                f"elements; received {len(values)} values={list(values)!r}."
+            )
+        self.values = [
+            check_rate(owner, f"values[{i}]", v, self.dtype) for i, v in enumerate(values)
+        ]
+        self.name = check_name(owner, name)
+
+    def _compute(self, step):
+        index = tf.reduce_sum(tf.cast(step > tf.constant(self.boundaries, tf.float64), tf.int32))
+        return tf.gather(tf.constant(self.values, self.dtype), index)
+
+    def get_config(self) -> dict:
+        return {
+            "boundaries": self.boundaries,
+            "values": self.values,
+            "name": self.name,
+            "dtype": self.dtype,
+        }
+
+
+@register
+class MultiStepDecay(ScheduleBase):
+    """Multiply the learning rate by ``gamma`` at each milestone (PyTorch ``MultiStepLR``).
+
+    Formula::
+
+        lr(step) = initial_learning_rate * gamma ** (number of milestones m with m <= step)
+
+    Unlike ``PiecewiseConstantDecay``, the new rate applies *at* the milestone
+    step itself, as in PyTorch ``MultiStepLR`` and detectron2's ``WarmupMultiStepLR``.
+    ``step`` counts real optimizer updates from 0 (PyTorch counts epochs or
+    iterations, whichever ``scheduler.step()`` follows).
+
+    Args:
+        initial_learning_rate: the rate before the first milestone, >= 0.
+        milestones: strictly increasing positive step numbers.
+        gamma: multiplicative factor, in [0, 1] (a decay), default 0.1.
+        name: optional name scope.
+        dtype: ``"float32"`` (default) or ``"float64"``.
+
+    Example:
+        >>> s = MultiStepDecay(1.0, milestones=[30, 80], gamma=0.1)
+        >>> [round(float(s(t)), 4) for t in (0, 29, 30, 80)]
+        [1.0, 1.0, 0.1, 0.01]
+
+    Reference: ``torch.optim.lr_scheduler.MultiStepLR`` (equal at every step).
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        milestones: Sequence[int],
+        gamma: float = 0.1,
+        name: str | None = None,
+        dtype: str | None = None,
+    ):
+        owner = type(self).__name__
+        self.dtype = resolve_dtype(owner, dtype, initial_learning_rate)
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
+        )
+        milestones = check_sequence(owner, "milestones", milestones, min_len=1)
+        self.milestones = [
+            check_number(owner, f"milestones[{i}]", m, low=0, low_open=True, integer=True)
+            for i, m in enumerate(milestones)
+        ]
+        check_increasing(owner, "milestones", self.milestones)
+        self.gamma = check_number(owner, "gamma", gamma, low=0, high=1)
+        self.name = check_name(owner, name)
+
+    def _compute(self, step):
+        passed = tf.reduce_sum(tf.cast(step >= tf.constant(self.milestones, tf.float64), tf.int32))
+        # A table of the k + 1 possible values, so the result is exactly
+        # initial * gamma**k rounded once, like PyTorch's repeated multiplication.
+        table = [
+            self.initial_learning_rate * self.gamma**k for k in range(len(self.milestones) + 1)
+        ]
+        return tf.gather(tf.constant(table, self.dtype), passed)
+
+    def get_config(self) -> dict:
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "milestones": self.milestones,
+            "gamma": self.gamma,
+            "name": self.name,
+            "dtype": self.dtype,
+        }
