@@ -114,3 +114,25 @@ def test_bad_input_and_config():
     cb = HyperparameterLogger(per_batch=True, chain_attributes=["loss_scale"], prefix="x/")
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(cb), safe_mode=True)
     assert restored.get_config() == cb.get_config()
+
+
+def test_gradient_accumulator_state_logged():
+    from tfkit.accumulation import GradientAccumulator
+
+    x, y = _data(12)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    optimizer = GradientAccumulator(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR0, DECAY_STEPS),
+                                                         momentum=0.9), accumulation_steps=4)
+    model.compile(optimizer, "mse")
+    logger = HyperparameterLogger()
+    callbacks = keras.callbacks.CallbackList([logger], model=model)
+    callbacks.on_train_begin()
+    assert "micro_step" not in logger.values()  # unbuilt accumulator: skipped, no error
+    # 3 micro-batches per epoch, 4 per update: epoch ends at micro-steps 3, 2 (after 1 update), 1 (2 updates).
+    history = model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[logger])
+    assert history.history["micro_step"] == [3.0, 2.0, 1.0]
+    assert history.history["accumulation_steps"] == [4.0] * 3
+    assert history.history["dropped_micro_batches"] == [0.0] * 3
+    # Real updates so far: 0, 1, 2 -> learning rate of the last real update (step 0 before any).
+    np.testing.assert_allclose(history.history["learning_rate"],
+                               [numpy_cosine(0), numpy_cosine(0), numpy_cosine(1)], rtol=1e-6)

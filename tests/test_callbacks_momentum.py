@@ -275,3 +275,40 @@ def test_callback_serializes():
     cb = MomentumScheduler(OneCycleMomentum("linear"), hyperparameter="beta_1")
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(cb), safe_mode=True)
     assert restored.hyperparameter == "beta_1" and restored.schedule.anneal == "linear"
+
+
+def test_through_gradient_accumulator_counts_real_updates():
+    """Momentum follows real updates (micro-batches do not advance it): K1 for momentum."""
+    from tfkit.accumulation import GradientAccumulator
+
+    x, y = _linear_problem()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    w0 = model.get_weights()[0]
+    optimizer = GradientAccumulator(keras.optimizers.SGD(0.05, momentum=0.9), accumulation_steps=2)
+    model.compile(optimizer, "mse", jit_compile=True, steps_per_execution=2)
+    # 6 epochs x 4 micro-batches of 2 = 12 real updates on batches of 4 (mean of 2 equal micro-batches).
+    model.fit(x, y, batch_size=2, epochs=6, shuffle=False, verbose=0,
+              callbacks=[MomentumScheduler(OneCycleMomentum("cos"))])
+    assert int(optimizer.iterations) == 12
+    expected = numpy_sgd_momentum(x, y, w0, 0.05, ONE_CYCLE_SGD_COS, batch_size=4)
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=2e-5, atol=1e-6)
+
+
+def test_with_tfkit_one_cycle_momentum_schedule():
+    from tfkit.schedules import OneCycle
+
+    one_cycle = OneCycle(max_learning_rate=0.05, total_steps=TOTAL, pct_start=PCT,
+                         base_momentum=BASE_M, max_momentum=MAX_M)
+    np.testing.assert_allclose([float(one_cycle.momentum_schedule(k)) for k in range(TOTAL)],
+                               ONE_CYCLE_SGD_COS, rtol=1e-6)
+    x, y = _linear_problem()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    w0 = model.get_weights()[0]
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", jit_compile=True)
+    model.fit(x, y, batch_size=2, epochs=3, shuffle=False, verbose=0,
+              callbacks=[MomentumScheduler(one_cycle.momentum_schedule)])
+    expected = numpy_sgd_momentum(x, y, w0, 0.05, ONE_CYCLE_SGD_COS, batch_size=2)
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=2e-5, atol=1e-6)
+    cb = MomentumScheduler(one_cycle.momentum_schedule)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(cb), safe_mode=True)
+    assert float(restored.schedule(3)) == pytest.approx(ONE_CYCLE_SGD_COS[3], rel=1e-6)

@@ -7,7 +7,7 @@ import numpy as np
 
 from tfkit.callbacks._optimizer_access import base_optimizer, last_used_learning_rate
 from tfkit.callbacks.momentum import ScheduledHyperparameter
-from tfkit.optimizers import find_in_chain
+from tfkit.optimizers import optimizer_chain
 
 __all__ = ["HyperparameterLogger"]
 
@@ -20,6 +20,7 @@ DEFAULT_CHAIN_ATTRIBUTES = (
     "skipped_steps",
     "accumulation_steps",
     "micro_step",
+    "dropped_micro_batches",
 )
 
 
@@ -31,6 +32,16 @@ def _number(value) -> float | None:
     if array.shape != () or array.dtype.kind not in "fiub":
         return None
     return float(array)
+
+
+def _chain_value(optimizer, name):
+    """The outermost value of ``name`` in the chain; wrappers may refuse reads before ``build``."""
+    for opt in optimizer_chain(optimizer):
+        try:
+            return getattr(opt, name)
+        except (AttributeError, ValueError):
+            continue
+    return None
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -47,8 +58,8 @@ class HyperparameterLogger(keras.callbacks.Callback):
     * every attribute of ``chain_attributes`` found on any optimizer of the
       wrapper chain (``inner_optimizer``): by default ``loss_scale`` and
       ``skipped_steps`` (tfkit's ``LossScaleOptimizer``), ``dynamic_scale``
-      (Keras' one), ``accumulation_steps`` and ``micro_step`` (a gradient
-      accumulator's state).
+      (Keras' one), ``accumulation_steps``, ``micro_step`` and
+      ``dropped_micro_batches`` (``tfkit.accumulation.GradientAccumulator``).
 
     History, CSVLogger and TensorBoard read the same ``logs`` dict *after*
     this callback only if it comes first: put it before them in
@@ -100,9 +111,9 @@ class HyperparameterLogger(keras.callbacks.Callback):
                     value = value.current(last_step)
                 out[name] = _number(value)
         for name in self.chain_attributes:
-            owner = find_in_chain(outer, name)
-            if owner is not None:
-                out[name] = _number(getattr(owner, name))
+            value = _chain_value(outer, name)
+            if value is not None:
+                out[name] = _number(value)
         if out.get("loss_scale") is not None:
             out.pop("dynamic_scale", None)  # tfkit's LSO subclasses Keras': same number twice
         return {self.prefix + k: v for k, v in out.items() if v is not None}
