@@ -62,7 +62,7 @@ class _BlowUpAt(keras.callbacks.Callback):
         self.weights.append([w.copy() for w in self.model.get_weights()])
 
 
-@pytest.mark.parametrize("functional", [False, True])
+@pytest.mark.parametrize("functional", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_fit_names_forward_origin_stops_and_restores(functional):
     x, y = _data()
     _SWITCH.assign(0.0)

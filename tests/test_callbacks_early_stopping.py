@@ -57,12 +57,12 @@ SEQUENCES = [
 ]
 CONFIGS = [
     dict(patience=0),
-    dict(patience=2),
-    dict(patience=1, min_delta=0.05),
+    pytest.param(dict(patience=2), marks=pytest.mark.slow),
+    pytest.param(dict(patience=1, min_delta=0.05), marks=pytest.mark.slow),
     dict(patience=2, baseline=0.45),
-    dict(patience=1, start_from_epoch=2),
-    dict(patience=2, restore_best_weights=True),
-    dict(patience=3, restore_best_weights=True, min_delta=0.02),
+    pytest.param(dict(patience=1, start_from_epoch=2), marks=pytest.mark.slow),
+    pytest.param(dict(patience=2, restore_best_weights=True), marks=pytest.mark.slow),
+    dict(patience=3, restore_best_weights=True, min_delta=0.02, start_from_epoch=1),
 ]
 
 
@@ -226,3 +226,22 @@ def test_config_round_trip():
     es = EarlyStopping(monitor="loss", patience=3, threshold_mode="rel", restore_best_weights=True)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(es), safe_mode=True)
     assert restored.get_config() == es.get_config()
+
+
+def test_device_snapshot_under_mirrored_strategy(mirrored_strategy):
+    with mirrored_strategy.scope():
+        model = _model()
+    es = EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True)
+    model, epochs = _drive_model(model, es, [3.0, 1.0, 2.0, 2.5])
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), np.full((2, 1), 2.0))
+    assert all(isinstance(c, tf.distribute.DistributedValues) for c in es.state.best_weights.copies)
+
+
+def _drive_model(model, callback, values):
+    scripted = _Scripted(values)
+    callbacks = keras.callbacks.CallbackList([scripted, callback], model=model)
+    callbacks.on_train_begin()
+    for epoch in range(len(values)):
+        callbacks.on_epoch_end(epoch, {})
+    callbacks.on_train_end()
+    return model, len(values)

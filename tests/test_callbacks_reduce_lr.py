@@ -63,8 +63,11 @@ def test_keras_reduce_lr_on_plateau_fails_on_schedule_k4():
 
 
 @pytest.mark.parametrize("config", [
-    dict(patience=0), dict(patience=1, cooldown=2), dict(patience=2, min_lr=0.02),
-    dict(patience=1, factor=0.5, min_delta=0.05), dict(patience=0, mode="max"),
+    pytest.param(dict(patience=0), marks=pytest.mark.slow),
+    dict(patience=1, cooldown=2),
+    dict(patience=2, min_lr=0.02),
+    pytest.param(dict(patience=1, factor=0.5, min_delta=0.05), marks=pytest.mark.slow),
+    pytest.param(dict(patience=0, mode="max"), marks=pytest.mark.slow),
 ], ids=str)
 def test_float_rate_same_decisions_as_keras(config):
     values = [1.0, 0.9, 0.95, 0.96, 0.97, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9]
