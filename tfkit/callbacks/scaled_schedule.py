@@ -35,7 +35,8 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         >>> s = ScaledSchedule(keras.optimizers.schedules.CosineDecay(0.1, 100), 0.5)
         >>> round(float(s(0)), 6)
         0.05
-        >>> s.multiplier.assign(0.25); round(float(s(0)), 6)
+        >>> _ = s.multiplier.assign(0.25)
+        >>> round(float(s(0)), 6)
         0.025
     """
 
