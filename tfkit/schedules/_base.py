@@ -122,6 +122,11 @@ def check_number(
     return value
 
 
+def check_rate(owner: str, name: str, value, dtype: str) -> float:
+    """A learning rate: a finite number >= 0 that ``dtype`` can represent."""
+    return check_number(owner, name, value, low=0, high=float(np.finfo(dtype).max))
+
+
 def check_choice(owner: str, name: str, value, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         _fail(owner, name, value, "one of " + ", ".join(repr(c) for c in choices))

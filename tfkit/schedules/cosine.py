@@ -10,6 +10,7 @@ from tfkit.schedules._base import (
     ScheduleBase,
     check_name,
     check_number,
+    check_rate,
     fraction,
     register,
     resolve_dtype,
@@ -27,8 +28,8 @@ class _WarmupCosineBase(ScheduleBase):
     """Shared warmup handling: Keras' ``warmup_target``/``warmup_steps`` arguments."""
 
     def _init_warmup(self, owner, initial_learning_rate, warmup_target, warmup_steps):
-        self.initial_learning_rate = check_number(
-            owner, "initial_learning_rate", initial_learning_rate, low=0
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
         self.warmup_steps = check_number(owner, "warmup_steps", warmup_steps, low=0, integer=True)
         if warmup_target is None:
@@ -39,7 +40,7 @@ class _WarmupCosineBase(ScheduleBase):
                 )
             self.warmup_target = None
         else:
-            self.warmup_target = check_number(owner, "warmup_target", warmup_target, low=0)
+            self.warmup_target = check_rate(owner, "warmup_target", warmup_target, self.dtype)
 
     @property
     def peak(self) -> float:

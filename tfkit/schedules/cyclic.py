@@ -9,6 +9,7 @@ from tfkit.schedules._base import (
     check_choice,
     check_name,
     check_number,
+    check_rate,
     register,
     resolve_dtype,
 )
@@ -68,11 +69,11 @@ class Cyclic(ScheduleBase):
     ):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate, maximal_learning_rate)
-        self.initial_learning_rate = check_number(
-            owner, "initial_learning_rate", initial_learning_rate, low=0
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
-        self.maximal_learning_rate = check_number(
-            owner, "maximal_learning_rate", maximal_learning_rate, low=0
+        self.maximal_learning_rate = check_rate(
+            owner, "maximal_learning_rate", maximal_learning_rate, self.dtype
         )
         self.step_size = check_number(owner, "step_size", step_size, low=0, low_open=True)
         self.step_size_down = (

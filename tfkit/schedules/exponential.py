@@ -11,6 +11,7 @@ from tfkit.schedules._base import (
     check_bool,
     check_name,
     check_number,
+    check_rate,
     register,
     resolve_dtype,
 )
@@ -32,8 +33,8 @@ class _DecayBase(ScheduleBase):
     ):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate)
-        self.initial_learning_rate = check_number(
-            owner, "initial_learning_rate", initial_learning_rate, low=0
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
         self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=0, low_open=True)
         self.decay_rate = check_number(owner, "decay_rate", decay_rate, **self._rate_allowed)

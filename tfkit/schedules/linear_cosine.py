@@ -10,6 +10,7 @@ from tfkit.schedules._base import (
     ScheduleBase,
     check_name,
     check_number,
+    check_rate,
     fraction,
     register,
     resolve_dtype,
@@ -59,8 +60,8 @@ class LinearCosineDecay(ScheduleBase):
     ):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate)
-        self.initial_learning_rate = check_number(
-            owner, "initial_learning_rate", initial_learning_rate, low=0
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
         self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=0, low_open=True)
         self.num_periods = check_number(owner, "num_periods", num_periods, low=0)

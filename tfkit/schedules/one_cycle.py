@@ -12,6 +12,7 @@ from tfkit.schedules._base import (
     check_choice,
     check_name,
     check_number,
+    check_rate,
     register,
     resolve_dtype,
 )
@@ -149,7 +150,9 @@ class OneCycle(_OneCycleShape):
     ):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, max_learning_rate)
-        self.max_learning_rate = check_number(owner, "max_learning_rate", max_learning_rate, low=0)
+        self.max_learning_rate = check_rate(
+            owner, "max_learning_rate", max_learning_rate, self.dtype
+        )
         self._init_shape(owner, total_steps, pct_start, anneal_strategy, three_phase)
         self.div_factor = check_number(owner, "div_factor", div_factor, low=0, low_open=True)
         self.final_div_factor = check_number(

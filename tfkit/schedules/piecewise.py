@@ -11,6 +11,7 @@ from tfkit.schedules._base import (
     check_increasing,
     check_name,
     check_number,
+    check_rate,
     check_sequence,
     register,
     resolve_dtype,
@@ -65,7 +66,9 @@ class PiecewiseConstantDecay(ScheduleBase):
                 f"{owner}: `values` must have len(boundaries) + 1 = {len(boundaries) + 1} "
                 f"elements; received {len(values)} values={list(values)!r}."
             )
-        self.values = [check_number(owner, f"values[{i}]", v, low=0) for i, v in enumerate(values)]
+        self.values = [
+            check_rate(owner, f"values[{i}]", v, self.dtype) for i, v in enumerate(values)
+        ]
         self.name = check_name(owner, name)
 
     def _compute(self, step):
@@ -119,8 +122,8 @@ class MultiStepDecay(ScheduleBase):
     ):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate)
-        self.initial_learning_rate = check_number(
-            owner, "initial_learning_rate", initial_learning_rate, low=0
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
         milestones = check_sequence(owner, "milestones", milestones, min_len=1)
         self.milestones = [

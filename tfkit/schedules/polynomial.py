@@ -9,6 +9,7 @@ from tfkit.schedules._base import (
     check_bool,
     check_name,
     check_number,
+    check_rate,
     register,
     resolve_dtype,
 )
@@ -60,11 +61,13 @@ class PolynomialDecay(ScheduleBase):
     ):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate, end_learning_rate)
-        self.initial_learning_rate = check_number(
-            owner, "initial_learning_rate", initial_learning_rate, low=0
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
         self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=0, low_open=True)
-        self.end_learning_rate = check_number(owner, "end_learning_rate", end_learning_rate, low=0)
+        self.end_learning_rate = check_rate(
+            owner, "end_learning_rate", end_learning_rate, self.dtype
+        )
         self.power = check_number(owner, "power", power, low=0, low_open=True)
         self.cycle = check_bool(owner, "cycle", cycle)
         self.name = check_name(owner, name)

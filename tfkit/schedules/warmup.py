@@ -11,6 +11,7 @@ from tfkit.schedules._base import (
     check_choice,
     check_name,
     check_number,
+    check_rate,
     deserialize,
     register,
     serialize,
@@ -86,8 +87,8 @@ class Warmup(ScheduleBase):
             )
         self.schedule = schedule
         self.warmup_steps = check_number(owner, "warmup_steps", warmup_steps, low=0, integer=True)
-        self.initial_learning_rate = check_number(
-            owner, "initial_learning_rate", initial_learning_rate, low=0
+        self.initial_learning_rate = check_rate(
+            owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
         self.warmup_type = check_choice(owner, "warmup_type", warmup_type, WARMUP_TYPES)
         self.name = check_name(owner, name)

@@ -1,0 +1,28 @@
+"""Callbacks for ``model.fit`` and custom loops: early stopping, plateau reduction on any
+schedule, momentum/beta_1 scheduling, hyperparameter logging and diagnostics."""
+
+from tfkit.callbacks.early_stopping import EarlyStopping
+from tfkit.callbacks.hyperparameter_logger import HyperparameterLogger
+from tfkit.callbacks.momentum import (
+    MomentumScheduler,
+    ScheduledHyperparameter,
+    schedule_hyperparameter,
+    unschedule_hyperparameter,
+)
+from tfkit.callbacks.nan_guard import NaNGuard
+from tfkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
+from tfkit.callbacks.scaled_schedule import ScaledSchedule
+from tfkit.callbacks.update_ratio import UpdateRatioMonitor
+
+__all__ = [
+    "EarlyStopping",
+    "HyperparameterLogger",
+    "MomentumScheduler",
+    "NaNGuard",
+    "ReduceLROnPlateau",
+    "ScaledSchedule",
+    "ScheduledHyperparameter",
+    "UpdateRatioMonitor",
+    "schedule_hyperparameter",
+    "unschedule_hyperparameter",
+]

@@ -1,0 +1,67 @@
+"""A learning-rate schedule multiplied by a variable factor (used by ReduceLROnPlateau)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+__all__ = ["ScaledSchedule"]
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """``multiplier * schedule(step)``, with the multiplier in a ``tf.Variable``.
+
+    ``ReduceLROnPlateau`` wraps an optimizer's schedule in this so that it can
+    lower the rate without replacing the schedule: the schedule keeps its
+    shape (warmup, cosine, OneCycle, ...), scaled down by the accumulated
+    reductions. Because the multiplier is a variable read inside the traced
+    step, changing it never retraces, and it can be checkpointed
+    (``tf.train.Checkpoint(multiplier=s.multiplier)``); ``get_config`` stores its
+    current value, so a saved model reloads with the reduced rate.
+
+    Formula: ``lr(step) = multiplier * schedule(step)``.
+
+    Args:
+        schedule: A ``keras.optimizers.schedules.LearningRateSchedule``.
+        multiplier: Initial value of the multiplier (finite, > 0). Default 1.0.
+
+    Example:
+        >>> import keras
+        >>> from tfkit.callbacks import ScaledSchedule
+        >>> s = ScaledSchedule(keras.optimizers.schedules.CosineDecay(0.1, 100), 0.5)
+        >>> round(float(s(0)), 6)
+        0.05
+        >>> _ = s.multiplier.assign(0.25)
+        >>> round(float(s(0)), 6)
+        0.025
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, multiplier: float = 1.0):
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise TypeError("ScaledSchedule: `schedule` must be a keras LearningRateSchedule; "
+                            f"received schedule={schedule!r} of type {type(schedule).__name__}.")
+        value = float(multiplier)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"ScaledSchedule: `multiplier` must be finite and > 0; received multiplier={multiplier!r}.")
+        self.schedule = schedule
+        self.multiplier = tf.Variable(value, dtype=tf.float32, trainable=False, name="lr_multiplier")
+
+    def __call__(self, step):
+        lr = ops.convert_to_tensor(self.schedule(step))
+        return lr * ops.cast(self.multiplier, lr.dtype)
+
+    def get_config(self) -> dict:
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "multiplier": float(self.multiplier.numpy()),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> ScaledSchedule:
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
