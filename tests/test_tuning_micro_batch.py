@@ -133,14 +133,14 @@ SAMPLE = (np.arange(8, dtype="float32").reshape(2, 4), np.ones((2, 1), "float32"
 
 
 @pytest.mark.parametrize(
-    "limit, multiple_of, expected",
-    [(37, 1, 37), (37, 8, 32), (1, 1, 1), (100, 16, 96)],
+    "limit, multiple_of, expected, train",
+    [(37, 1, 37, True), (37, 8, 32, False), (1, 1, 1, False), (100, 16, 96, False)],
 )
-def test_search_finds_largest_fitting_size(monkeypatch, limit, multiple_of, expected):
+def test_search_finds_largest_fitting_size(monkeypatch, limit, multiple_of, expected, train):
     model = _model()
     model.train_on_batch(*SAMPLE)  # non-trivial optimizer state to restore
     before = [np.array(v.numpy()) for v in model.variables + model.optimizer.variables]
-    sizes = _limit_memory(monkeypatch, model, limit)
+    sizes = _limit_memory(monkeypatch, model, limit, train=train)
     plan = find_micro_batch(model, SAMPLE, target_batch=1000, multiple_of=multiple_of)
     assert plan.max_micro_batch == expected
     assert sizes == list(plan.trials)  # one step per trial, in order
