@@ -104,6 +104,11 @@ class LRFinderResult:
             for name, lr in self.suggestions.items():
                 if lr is not None:
                     ax.axvline(lr, color=colors[name], linestyle="--", label=f"{name}: {lr:.2e}")
+            if end > 0 and np.isfinite(self.smoothed[:end]).all():
+                # Keep the useful part readable: the divergent tail would dwarf it.
+                top = 1.5 * float(np.max(self.smoothed[: int(np.argmin(self.smoothed[:end])) + 1]))
+                bottom = float(np.min(self.losses[:end]))
+                ax.set_ylim(bottom - 0.05 * abs(top - bottom), top)
             ax.set_xscale("log")
             ax.set_xlabel("learning rate")
             ax.set_ylabel("training loss")
