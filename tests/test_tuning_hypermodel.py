@@ -73,7 +73,16 @@ def test_choices_reach_the_compiled_model():
     inner = innermost(model.optimizer)
     schedule = inner._learning_rate
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
-    assert (schedule.initial_learning_rate, schedule.decay_steps, schedule.alpha) == (0.05, 50, 0.1)
+    # 50 batches per trial with 4 micro-batches per update: 13 real updates (README "Step"),
+    # unless the accumulator is Keras' own, whose schedule counts micro-batches (K1).
+    from tfkit.tuning.hypermodel import _default_accumulator
+
+    expected = 50 if getattr(_default_accumulator(), "counts_micro_batches", False) else 13
+    assert (schedule.initial_learning_rate, schedule.decay_steps, schedule.alpha) == (
+        0.05,
+        expected,
+        0.1,
+    )
     steps = [
         getattr(o, "accumulation_steps", None) or getattr(o, "gradient_accumulation_steps", None)
         for o in (model.optimizer, model.optimizer.inner_optimizer, inner)
@@ -166,3 +175,16 @@ def test_missing_tensorboard_is_reported_only_when_a_tensorboard_callback_is_use
     assert tuner._configure_tensorboard_dir([], trial) is None
     with pytest.raises(ImportError, match="tensorboard"):
         tuner._configure_tensorboard_dir([keras.callbacks.TensorBoard(str(tmp_path))], trial)
+
+
+def test_custom_accumulator_and_decay_steps_in_real_updates():
+    wrapped = []
+
+    def accumulator(optimizer, steps):
+        wrapped.append(steps)
+        return optimizer
+
+    hm = _hypermodel(accumulation_steps=(4,), accumulator=accumulator)
+    model = hm.build(_hp(schedule="cosine", cosine_alpha=0.0))
+    assert wrapped == [4]
+    assert model.optimizer._learning_rate.decay_steps == 13  # ceil(50 / 4) real updates

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import keras
@@ -88,6 +89,10 @@ def _keras_accumulator(optimizer, steps: int):
     return optimizer.__class__.from_config(config)
 
 
+# Its schedule sees the micro-batch counter, so decay_steps must not be divided.
+_keras_accumulator.counts_micro_batches = True
+
+
 def _default_accumulator():
     try:
         from tfkit.accumulation import GradientAccumulator
@@ -142,8 +147,10 @@ def _make_class():
             learning_rate: ``(low, high)`` searched log-uniformly, or a float to fix it.
             schedules: name -> factory ``(hp, learning_rate, decay_steps)`` map;
                 default :data:`DEFAULT_SCHEDULES` (``constant``, ``cosine``).
-            decay_steps: optimizer updates per trial (epochs x updates per epoch),
-                for decaying schedules.
+            decay_steps: training steps (batches) per trial, for decaying
+                schedules; with ``accumulation_steps = N`` the schedule gets
+                ``ceil(decay_steps / N)``, the number of real updates (unless the
+                accumulator has ``counts_micro_batches = True``, like Keras' own).
             policies: dtype policies to choose from; default ``("float32",)``.
             accumulation_steps: micro-batches per update to choose from; default ``(1,)``.
             accumulator: ``(optimizer, steps) -> optimizer`` used when steps > 1;
@@ -230,13 +237,20 @@ def _make_class():
                 lr = hp.Float("learning_rate", *self.learning_rate, sampling="log")
             else:
                 lr = hp.Fixed("learning_rate", float(self.learning_rate))
+            steps = _choice(hp, "accumulation_steps", self.accumulation_steps)
+            accumulator = self.accumulator or _default_accumulator()
+            # Schedules count real optimizer updates (README "Step"): accumulating
+            # `steps` micro-batches per update leaves 1/steps as many updates.
+            decay_steps = self.decay_steps
+            if decay_steps is not None and steps > 1:
+                if not getattr(accumulator, "counts_micro_batches", False):
+                    decay_steps = max(1, math.ceil(decay_steps / steps))
             family = _choice(hp, "schedule", tuple(self.schedules))
             with hp.conditional_scope("schedule", [family]):
-                rate = self.schedules[family](hp, lr, self.decay_steps)
+                rate = self.schedules[family](hp, lr, decay_steps)
             optimizer = self.optimizer(rate)
-            steps = _choice(hp, "accumulation_steps", self.accumulation_steps)
             if steps > 1:
-                optimizer = (self.accumulator or _default_accumulator())(optimizer, steps)
+                optimizer = accumulator(optimizer, steps)
             # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
             model.compile(
                 optimizer=optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs
