@@ -1,0 +1,67 @@
+"""``tfkit lr-find`` through its own ``register`` (the lead adds it to tfkit/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from tfkit.tuning import cli
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="tfkit")
+    cli.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_lr_find_command_prints_both_suggestions_and_writes_png(tmp_path, capsys):
+    out_png = tmp_path / "lr.png"
+    args = _parser().parse_args(
+        ["lr-find", "--steps", "30", "--min-lr", "1e-5", "--output", str(out_png), "--quiet"]
+    )
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "suggested learning rate (steepest): " in out
+    assert "suggested learning rate (min_over_10): " in out
+    suggestions = [line for line in out.splitlines() if line.startswith("suggested")]
+    assert len(suggestions) == 2 and not any(line.endswith(": none") for line in suggestions)
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_suggestion_exits_1(tmp_path, capsys):
+    args = _parser().parse_args(
+        [
+            "lr-find",
+            "--steps",
+            "8",
+            "--min-lr",
+            "1e3",
+            "--max-lr",
+            "1e6",
+            "--output",
+            str(tmp_path / "x.png"),
+            "--quiet",
+        ]
+    )
+    assert args.func(args) == 1
+    assert "(min_over_10): none" in capsys.readouterr().out
+
+
+def test_bad_values_raise_value_error(tmp_path):
+    # tfkit's main() turns ValueError into a usage error (exit status 2).
+    args = _parser().parse_args(["lr-find", "--min-lr", "1", "--max-lr", "0.1", "--quiet"])
+    with pytest.raises(ValueError, match="min_lr"):
+        args.func(args)
+
+
+def test_quickstart_model_matches_example():
+    import keras
+    from quickstart import build_model  # examples/ is on sys.path (conftest)
+
+    ours, theirs = cli.build_quickstart_model(), build_model()
+    assert [type(lay).__name__ for lay in ours.layers] == [
+        type(lay).__name__ for lay in theirs.layers
+    ]
+    assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
+    assert isinstance(ours, keras.Model)

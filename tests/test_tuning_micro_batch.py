@@ -1,0 +1,224 @@
+"""Micro-batch finder: a real OOM under a BFC memory limit (fresh subprocess), the search
+logic against an injected memory limit, the accumulation plan, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfkit.tuning import micro_batch
+from tfkit.tuning.micro_batch import MicroBatchPlan, find_micro_batch
+
+# Runs in a fresh process: the CPU BFC allocator and its limit are read at TF start-up.
+_BFC_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, keras, tensorflow as tf
+    # One inter-op thread: ops run in a fixed order, so the peak memory of a step
+    # (and therefore what fits) does not depend on thread scheduling.
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from tfkit.tuning.micro_batch import find_micro_batch
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(256, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+    model.compile(keras.optimizers.Adam(1e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)  # XLA would compile once per trial size
+    sample = (np.random.default_rng(0).random((3, 64), dtype="float32"),
+              np.array([1, 2, 3], "int32"))
+    initial = [w.copy() for w in model.get_weights()]
+    plan = find_micro_batch(model, sample, target_batch=1 << 20, start=1024, multiple_of=1024)
+    restored = all(a.tobytes() == b.tobytes() for a, b in zip(initial, model.get_weights()))
+    iterations = int(model.optimizer.iterations.numpy())
+
+    def step(batch):
+        x = np.resize(sample[0], (batch, 64))
+        y = np.resize(sample[1], (batch,))
+        try:
+            model.train_on_batch(x, y)
+            return True
+        except tf.errors.ResourceExhaustedError:
+            return False
+
+    b = plan.max_micro_batch
+    print(json.dumps({
+        "max_micro_batch": b,
+        "micro_batch": plan.micro_batch,
+        "accumulation_steps": plan.accumulation_steps,
+        "trials": {str(k): v for k, v in plan.trials.items()},
+        "iterations_after_search": iterations,
+        "weights_restored": restored,
+        "fits": step(b),
+        "double_fits": step(2 * b),
+    }))
+    """
+)
+
+
+@pytest.mark.slow  # ~60 s: each real OOM costs the BFC allocator's 10 s retry wait
+def test_found_batch_fits_and_twice_it_does_not_under_bfc_limit(root):
+    env = dict(os.environ)
+    env.update(
+        TF_CPU_ALLOCATOR_USE_BFC="true",
+        TF_CPU_BFC_MEM_LIMIT_IN_MB="16",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=str(root),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _BFC_SCRIPT], capture_output=True, text=True, env=env, cwd=root
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    b = got["max_micro_batch"]
+    assert got["fits"] is True, got
+    assert got["double_fits"] is False, got
+    # The search really hit the limit, and tried no size above the first failure.
+    assert False in got["trials"].values() and b % 1024 == 0 and b >= 1024
+    assert got["iterations_after_search"] == 0 and got["weights_restored"]  # trials undone
+    steps = math.ceil((1 << 20) / b)
+    assert got["accumulation_steps"] == steps
+    assert got["micro_batch"] == min(b, math.ceil(math.ceil((1 << 20) / steps) / 1024) * 1024)
+
+
+def _model() -> keras.Model:
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-2), "mse", jit_compile=False)
+    return model
+
+
+def _limit_memory(monkeypatch, model, limit: int, train: bool = True) -> list[int]:
+    """Make training steps on more than ``limit`` examples raise a real OOM error type.
+
+    With ``train=False`` steps that fit do nothing (tests of the plan arithmetic only).
+    """
+    sizes = []
+    original = model.train_on_batch
+
+    def train_on_batch(x, y=None, **kwargs):
+        sizes.append(len(x))
+        if len(x) > limit:
+            raise tf.errors.ResourceExhaustedError(None, None, f"OOM with {len(x)} examples")
+        if not train:
+            return {"loss": 0.0}
+        return original(x, y, **kwargs)  # a real step, which the finder must undo
+
+    monkeypatch.setattr(model, "train_on_batch", train_on_batch)
+    # Nothing to release after a simulated OOM; a full collection costs ~0.5 s.
+    monkeypatch.setattr(micro_batch.gc, "collect", lambda: 0)
+    return sizes
+
+
+SAMPLE = (np.arange(8, dtype="float32").reshape(2, 4), np.ones((2, 1), "float32"))
+
+
+@pytest.mark.parametrize(
+    "limit, multiple_of, expected, train",
+    [(37, 1, 37, True), (37, 8, 32, False), (1, 1, 1, False), (100, 16, 96, False)],
+)
+def test_search_finds_largest_fitting_size(monkeypatch, limit, multiple_of, expected, train):
+    model = _model()
+    model.train_on_batch(*SAMPLE)  # non-trivial optimizer state to restore
+    before = [np.array(v.numpy()) for v in model.variables + model.optimizer.variables]
+    sizes = _limit_memory(monkeypatch, model, limit, train=train)
+    plan = find_micro_batch(model, SAMPLE, target_batch=1000, multiple_of=multiple_of)
+    assert plan.max_micro_batch == expected
+    assert sizes == list(plan.trials)  # one step per trial, in order
+    assert all(fitted == (size <= limit) for size, fitted in plan.trials.items())
+    assert max(plan.trials) <= 2 * limit  # doubling stops at the first failure
+    after = [np.array(v.numpy()) for v in model.variables + model.optimizer.variables]
+    for a, b in zip(before, after, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_target_that_fits_needs_no_accumulation(monkeypatch):
+    model = _model()
+    sizes = _limit_memory(monkeypatch, model, 10_000, train=False)
+    plan = find_micro_batch(model, SAMPLE, target_batch=48)
+    assert sizes == [1, 2, 4, 8, 16, 32, 48]  # never above the target
+    assert (plan.micro_batch, plan.accumulation_steps, plan.effective_batch) == (48, 1, 48)
+    assert plan.exact and not plan.recompute_advised and plan.notes == ()
+
+
+@pytest.mark.parametrize(
+    "limit, target, micro, steps, exact, recompute",
+    [
+        (48, 100, 34, 3, False, False),  # 3 x 34 = 102: balanced, not 3 x 48 = 144
+        (48, 96, 48, 2, True, False),
+        (32, 1024, 32, 32, True, True),  # > 8 accumulation steps
+        (5, 20, 5, 4, True, True),  # fewer than 8 examples per step
+        (7, 21, 7, 3, True, True),
+    ],
+)
+def test_plan(monkeypatch, limit, target, micro, steps, exact, recompute):
+    model = _model()
+    _limit_memory(monkeypatch, model, limit, train=False)
+    plan = find_micro_batch(model, SAMPLE, target_batch=target)
+    assert isinstance(plan, MicroBatchPlan)
+    assert plan.max_micro_batch == limit
+    assert (plan.micro_batch, plan.accumulation_steps) == (micro, steps)
+    assert plan.effective_batch == micro * steps >= target
+    assert plan.exact is exact and plan.recompute_advised is recompute
+    assert (not exact) == any("not a multiple" in n for n in plan.notes)
+    assert "recompute advised: " + ("yes" if recompute else "no") in str(plan)
+
+
+def test_nothing_fits(monkeypatch):
+    model = _model()
+    _limit_memory(monkeypatch, model, 0, train=False)
+    with pytest.raises(RuntimeError, match="batch of 1 example.*does not fit"):
+        find_micro_batch(model, SAMPLE, target_batch=8)
+
+
+def test_real_step_on_real_model_without_limit():
+    model = _model()
+    plan = find_micro_batch(model, SAMPLE, target_batch=64)
+    assert (plan.micro_batch, plan.accumulation_steps) == (64, 1)
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target_batch": 0}, "target_batch.*>= 1.*0"),
+        ({"target_batch": -4}, "target_batch.*>= 1"),
+        ({"target_batch": 2.5}, "target_batch.*int"),
+        ({"target_batch": 8, "start": 16}, "start.*<= target_batch=8.*16"),
+        ({"target_batch": 8, "multiple_of": 0}, "multiple_of.*>= 1"),
+        ({"target_batch": 8, "min_micro_batch": 0}, "min_micro_batch"),
+        ({"target_batch": 8, "max_accumulation_steps": 0}, "max_accumulation_steps"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        find_micro_batch(_model(), SAMPLE, **kwargs)
+
+
+def test_bad_sample_and_model():
+    with pytest.raises(ValueError, match="0 examples"):
+        find_micro_batch(_model(), (SAMPLE[0][:0], SAMPLE[1][:0]), target_batch=8)
+    with pytest.raises(ValueError, match="sample"):
+        find_micro_batch(_model(), SAMPLE[0], target_batch=8)
+    uncompiled = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="compiled"):
+        find_micro_batch(uncompiled, SAMPLE, target_batch=8)
