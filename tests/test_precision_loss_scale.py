@@ -203,7 +203,7 @@ def _mixed_model(features=8):
     )
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_fit_skips_float16_overflow_and_recovers(jit_compile):
     x, y = _regression_data()
     bad = [2, 3]  # two overflowing batches in a row: 4 -> 2 -> 2 (floor), not 1
@@ -317,6 +317,7 @@ def test_mirrored_nonfinite_on_one_replica_skips_on_all(mirrored_strategy):
     assert int(opt.iterations.numpy()) == 0
 
 
+@pytest.mark.slow
 def test_keras_loss_scale_optimizer_corrupts_weights_in_the_same_case(mirrored_strategy):
     """Characterises the Keras defect the test above guards against (first replica decides)."""
     x = np.ones((4, 2), "float32")
@@ -331,6 +332,7 @@ def test_keras_loss_scale_optimizer_corrupts_weights_in_the_same_case(mirrored_s
     assert not np.all(np.isfinite(model.layers[0].kernel.numpy()))
 
 
+@pytest.mark.slow
 def test_mirrored_fit_matches_single_device(mirrored_strategy):
     x, y = _regression_data(n=32, features=2)
 
@@ -422,7 +424,7 @@ def test_saved_compiled_model_loads_with_safe_mode(tmp_path):
 # ------------------------------------------------------------- composition
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_around_an_accumulating_optimizer_in_fit(jit_compile):
     """LossScaleOptimizer(accumulating inner): a skipped micro-batch leaves the accumulators alone.
 
