@@ -449,3 +449,38 @@ def test_around_an_accumulating_optimizer_in_fit(jit_compile):
     assert int(opt.iterations) == 1
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
     assert find_in_chain(model.optimizer, "loss_scale") is opt
+
+
+@pytest.mark.parametrize(
+    "distributed", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["single", "mirrored"]
+)
+def test_around_tfkit_gradient_accumulator(distributed, request):
+    """LossScaleOptimizer(GradientAccumulator(inner)): runs once tfkit.accumulation is merged."""
+    accumulation = pytest.importorskip("tfkit.accumulation")
+    strategy = (
+        request.getfixturevalue("mirrored_strategy")
+        if distributed
+        else tf.distribute.get_strategy()
+    )
+    x, y = _regression_data(n=32)
+    x[8] = 1e5  # micro-batch 1 overflows in float16
+    with strategy.scope():
+        model = _mixed_model()
+        accumulator = accumulation.GradientAccumulator(keras.optimizers.SGD(1e-2, momentum=0.9), 2)
+        opt = LossScaleOptimizer(accumulator, initial_scale=16.0)
+        model.compile(opt, "mse", jit_compile=not distributed)
+    assert model.optimizer is opt and opt.inner_optimizer is accumulator
+
+    class Slots(keras.callbacks.Callback):
+        rows = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.rows.append([np.array(v.numpy()) for v in accumulator.variables])
+
+    slots = Slots()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, callbacks=[slots], verbose=0)
+    for s0, s1 in zip(slots.rows[0], slots.rows[1], strict=True):
+        np.testing.assert_array_equal(s1, s0)  # skipped micro-batch: accumulator untouched
+    assert int(opt.skipped_steps) == 1 and float(opt.loss_scale) == 8.0
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+    assert find_in_chain(model.optimizer, "loss_scale") is opt
