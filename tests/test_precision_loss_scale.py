@@ -57,6 +57,17 @@ def test_inner_optimizer_must_be_an_optimizer():
         LossScaleOptimizer("adam")
 
 
+def test_refuses_to_wrap_a_loss_scale_optimizer_twice():
+    for inner in (
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), name="keras_lso"),
+        LossScaleOptimizer(keras.optimizers.SGD(), name="tfkit_lso"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"already contains a LossScaleOptimizer.*{inner.name}"
+        ):
+            LossScaleOptimizer(inner)
+
+
 def test_defaults_and_read_only_properties():
     opt = LossScaleOptimizer(keras.optimizers.SGD())
     assert (opt.initial_scale, opt.min_scale, opt.max_scale) == (2.0**15, 1.0, 2.0**24)
@@ -409,7 +420,7 @@ def test_saved_compiled_model_loads_with_safe_mode(tmp_path):
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
-    keras.config.set_dtype_policy("float32")  # loading must not depend on the global policy
+    keras.config.set_dtype_policy("mixed_bfloat16")  # loading must not depend on the global policy
     loaded = keras.saving.load_model(path, safe_mode=True)
     lopt = loaded.optimizer
     assert type(lopt) is LossScaleOptimizer
