@@ -81,6 +81,21 @@ def test_defaults_and_read_only_properties():
     assert float(opt.loss_scale) == 2.0**15 and int(opt.skipped_steps) == 0
 
 
+def test_properties_readable_in_an_xla_function():
+    """A custom train_step can put the scale into its returned metrics (no host sync)."""
+    opt = LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=8.0)
+    w = keras.Variable(np.ones(2, "float32"))
+    opt.build([w])
+
+    @tf.function(jit_compile=True)
+    def step(g):
+        opt.apply([g], [w])
+        return {"loss_scale": opt.loss_scale, "skipped_steps": opt.skipped_steps}
+
+    logs = step(tf.constant([np.inf, 1.0]))
+    assert float(logs["loss_scale"]) == 4.0 and int(logs["skipped_steps"]) == 1
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "bfloat16"])
 def test_bfloat16_policy_refuses_loss_scaling(policy):
     keras.config.set_dtype_policy(policy)

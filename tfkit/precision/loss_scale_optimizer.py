@@ -28,7 +28,7 @@ from tfkit.optimizers import optimizer_chain
 
 __all__ = ["LossScaleOptimizer"]
 
-_HALF_EXPONENT_FREE = ("mixed_bfloat16", "bfloat16")
+_NO_LOSS_SCALING_POLICIES = ("mixed_bfloat16", "bfloat16")
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -138,7 +138,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         # layers carry their own float16 policies and still need the scaling.
         restoring = kwargs.pop("_restoring", False)
         global_policy = keras.config.dtype_policy().name
-        if global_policy in _HALF_EXPONENT_FREE and not restoring:
+        if global_policy in _NO_LOSS_SCALING_POLICIES and not restoring:
             raise ValueError(
                 f"LossScaleOptimizer is not needed under the {global_policy!r} dtype policy: "
                 "bfloat16 keeps float32's 8-bit exponent, so gradients do not underflow "
