@@ -141,6 +141,7 @@ def test_half_precision_variables():
         inputs = keras.Input((64,))
         h = keras.layers.Dense(16, dtype="float16", name="pure_half")(inputs)
         h = keras.layers.BatchNormalization(dtype="float16", name="bn")(h)
+        h = keras.layers.BatchNormalization(name="bn_mixed")(h)  # float32 variables: fine
         outputs = keras.layers.Dense(8, dtype="float32", name="out")(h)
         model = keras.Model(inputs, outputs)
     findings = [f for f in audit(model) if f.code == "half_variable"]

@@ -8,8 +8,8 @@ precision_digits = pytest.importorskip("precision_digits")  # examples/ is on sy
 
 
 def test_mixed_float16_reaches_float32_accuracy_on_digits():
-    fp32 = precision_digits.train("float32", epochs=15, seed=0)
-    fp16 = precision_digits.train("mixed_float16", epochs=15, seed=0)
+    fp32 = precision_digits.train("float32", epochs=6, seed=0)
+    fp16 = precision_digits.train("mixed_float16", epochs=6, seed=0)
     assert fp32["policy"] == "float32" and fp16["policy"] == "mixed_float16"
     assert fp32["test_accuracy"] > 0.93  # the float32 baseline actually learned
     assert abs(fp16["test_accuracy"] - fp32["test_accuracy"]) <= 0.01

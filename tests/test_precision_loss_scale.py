@@ -57,6 +57,17 @@ def test_inner_optimizer_must_be_an_optimizer():
         LossScaleOptimizer("adam")
 
 
+def test_refuses_to_wrap_a_loss_scale_optimizer_twice():
+    for inner in (
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(), name="keras_lso"),
+        LossScaleOptimizer(keras.optimizers.SGD(), name="tfkit_lso"),
+    ):
+        with pytest.raises(
+            ValueError, match=f"already contains a LossScaleOptimizer.*{inner.name}"
+        ):
+            LossScaleOptimizer(inner)
+
+
 def test_defaults_and_read_only_properties():
     opt = LossScaleOptimizer(keras.optimizers.SGD())
     assert (opt.initial_scale, opt.min_scale, opt.max_scale) == (2.0**15, 1.0, 2.0**24)
@@ -68,6 +79,21 @@ def test_defaults_and_read_only_properties():
         opt.skipped_steps = 0
     opt.build([keras.Variable(np.zeros(2, "float32"))])
     assert float(opt.loss_scale) == 2.0**15 and int(opt.skipped_steps) == 0
+
+
+def test_properties_readable_in_an_xla_function():
+    """A custom train_step can put the scale into its returned metrics (no host sync)."""
+    opt = LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=8.0)
+    w = keras.Variable(np.ones(2, "float32"))
+    opt.build([w])
+
+    @tf.function(jit_compile=True)
+    def step(g):
+        opt.apply([g], [w])
+        return {"loss_scale": opt.loss_scale, "skipped_steps": opt.skipped_steps}
+
+    logs = step(tf.constant([np.inf, 1.0]))
+    assert float(logs["loss_scale"]) == 4.0 and int(logs["skipped_steps"]) == 1
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "bfloat16"])
@@ -203,7 +229,7 @@ def _mixed_model(features=8):
     )
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_fit_skips_float16_overflow_and_recovers(jit_compile):
     x, y = _regression_data()
     bad = [2, 3]  # two overflowing batches in a row: 4 -> 2 -> 2 (floor), not 1
@@ -317,6 +343,7 @@ def test_mirrored_nonfinite_on_one_replica_skips_on_all(mirrored_strategy):
     assert int(opt.iterations.numpy()) == 0
 
 
+@pytest.mark.slow
 def test_keras_loss_scale_optimizer_corrupts_weights_in_the_same_case(mirrored_strategy):
     """Characterises the Keras defect the test above guards against (first replica decides)."""
     x = np.ones((4, 2), "float32")
@@ -331,6 +358,7 @@ def test_keras_loss_scale_optimizer_corrupts_weights_in_the_same_case(mirrored_s
     assert not np.all(np.isfinite(model.layers[0].kernel.numpy()))
 
 
+@pytest.mark.slow
 def test_mirrored_fit_matches_single_device(mirrored_strategy):
     x, y = _regression_data(n=32, features=2)
 
@@ -407,7 +435,7 @@ def test_saved_compiled_model_loads_with_safe_mode(tmp_path):
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     path = tmp_path / "model.keras"
     model.save(path)
-    keras.config.set_dtype_policy("float32")  # loading must not depend on the global policy
+    keras.config.set_dtype_policy("mixed_bfloat16")  # loading must not depend on the global policy
     loaded = keras.saving.load_model(path, safe_mode=True)
     lopt = loaded.optimizer
     assert type(lopt) is LossScaleOptimizer
@@ -422,7 +450,7 @@ def test_saved_compiled_model_loads_with_safe_mode(tmp_path):
 # ------------------------------------------------------------- composition
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_around_an_accumulating_optimizer_in_fit(jit_compile):
     """LossScaleOptimizer(accumulating inner): a skipped micro-batch leaves the accumulators alone.
 
@@ -445,5 +473,40 @@ def test_around_an_accumulating_optimizer_in_fit(jit_compile):
     assert int(opt.skipped_steps) == 1 and float(opt.loss_scale) == 8.0
     # 3 micro-batches reached the inner optimizer: one full window of 2 = one real update.
     assert int(opt.iterations) == 1
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+    assert find_in_chain(model.optimizer, "loss_scale") is opt
+
+
+@pytest.mark.parametrize(
+    "distributed", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["single", "mirrored"]
+)
+def test_around_tfkit_gradient_accumulator(distributed, request):
+    """LossScaleOptimizer(GradientAccumulator(inner)): runs once tfkit.accumulation is merged."""
+    accumulation = pytest.importorskip("tfkit.accumulation")
+    strategy = (
+        request.getfixturevalue("mirrored_strategy")
+        if distributed
+        else tf.distribute.get_strategy()
+    )
+    x, y = _regression_data(n=32)
+    x[8] = 1e5  # micro-batch 1 overflows in float16
+    with strategy.scope():
+        model = _mixed_model()
+        accumulator = accumulation.GradientAccumulator(keras.optimizers.SGD(1e-2, momentum=0.9), 2)
+        opt = LossScaleOptimizer(accumulator, initial_scale=16.0)
+        model.compile(opt, "mse", jit_compile=not distributed)
+    assert model.optimizer is opt and opt.inner_optimizer is accumulator
+
+    class Slots(keras.callbacks.Callback):
+        rows = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.rows.append([np.array(v.numpy()) for v in accumulator.variables])
+
+    slots = Slots()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, callbacks=[slots], verbose=0)
+    for s0, s1 in zip(slots.rows[0], slots.rows[1], strict=True):
+        np.testing.assert_array_equal(s1, s0)  # skipped micro-batch: accumulator untouched
+    assert int(opt.skipped_steps) == 1 and float(opt.loss_scale) == 8.0
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
     assert find_in_chain(model.optimizer, "loss_scale") is opt

@@ -24,9 +24,11 @@ import tensorflow as tf
 from keras import ops
 from keras.src.utils import tracking
 
+from tfkit.optimizers import optimizer_chain
+
 __all__ = ["LossScaleOptimizer"]
 
-_HALF_EXPONENT_FREE = ("mixed_bfloat16", "bfloat16")
+_NO_LOSS_SCALING_POLICIES = ("mixed_bfloat16", "bfloat16")
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -51,6 +53,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     has fewer mantissa bits). Constructing this optimizer while the global
     dtype policy is ``"mixed_bfloat16"`` (or ``"bfloat16"``) therefore raises
     ``ValueError`` instead of silently scaling: use the inner optimizer directly.
+    (Loading a saved model does not check: its layers keep their own policies.)
 
     Args:
         inner_optimizer: the ``keras.optimizers.Optimizer`` to wrap (it may
@@ -124,8 +127,18 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 "`dynamic_growth_steps` must be an integer >= 1. "
                 f"Received: dynamic_growth_steps={dynamic_growth_steps!r}"
             )
+        for wrapped in optimizer_chain(inner_optimizer):
+            if isinstance(wrapped, keras.optimizers.LossScaleOptimizer):
+                raise ValueError(
+                    "`inner_optimizer` already contains a LossScaleOptimizer "
+                    f"({wrapped.name!r}): the gradients would be unscaled twice. "
+                    "Wrap the optimizer once."
+                )
+        # A saved model is restored whatever the session's global policy: its
+        # layers carry their own float16 policies and still need the scaling.
+        restoring = kwargs.pop("_restoring", False)
         global_policy = keras.config.dtype_policy().name
-        if global_policy in _HALF_EXPONENT_FREE:
+        if global_policy in _NO_LOSS_SCALING_POLICIES and not restoring:
             raise ValueError(
                 f"LossScaleOptimizer is not needed under the {global_policy!r} dtype policy: "
                 "bfloat16 keeps float32's 8-bit exponent, so gradients do not underflow "
@@ -241,7 +254,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     @classmethod
     def from_config(cls, config: dict, custom_objects=None):
         # Keras' from_config pops "inner_optimizer" from the caller's dict.
-        return super().from_config(dict(config), custom_objects=custom_objects)
+        return super().from_config(dict(config, _restoring=True), custom_objects=custom_objects)
 
     def get_config(self) -> dict:
         config = super().get_config()
