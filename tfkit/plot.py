@@ -27,6 +27,7 @@ import argparse
 import inspect
 import pathlib
 import sys
+import textwrap
 
 import numpy as np
 
@@ -122,11 +123,67 @@ def plot_schedule(
         ax2.set_ylabel("momentum / beta_1")
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="center right")
-    ax.set_title(title or type(schedule).__name__)
+    ax.set_title(title or type(schedule).__name__, fontsize=8 if title else None)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)
     return fig
+
+
+def gallery_schedules() -> dict:
+    """One example of every schedule, keyed by CLI name (the README gallery)."""
+    from tfkit import schedules as S
+
+    return {
+        "onecycle": S.OneCycle(0.1, total_steps=1000),
+        "onecycle_three_phase": S.OneCycle(0.1, 1000, anneal_strategy="linear", three_phase=True),
+        "cyclic": S.Cyclic(0.01, 0.1, step_size=100, mode="triangular2"),
+        "cosine": S.CosineDecay(0.0, 900, warmup_target=0.1, warmup_steps=100),
+        "cosine_restarts": S.CosineDecayRestarts(0.1, 100, t_mul=2.0, m_mul=0.8),
+        "linear_cosine": S.LinearCosineDecay(0.1, 1000, num_periods=3.0, beta=0.05),
+        "exponential": S.ExponentialDecay(0.1, 100, 0.7, staircase=True),
+        "natural_exp": S.NaturalExpDecay(0.1, 100, 0.3),
+        "inverse_time": S.InverseTimeDecay(0.1, 100, 1.0),
+        "polynomial": S.PolynomialDecay(0.1, 300, 0.01, power=2.0, cycle=True),
+        "piecewise": S.PiecewiseConstantDecay([300, 600, 800], [0.1, 0.05, 0.01, 0.001]),
+        "multistep": S.MultiStepDecay(0.1, [300, 600, 800], gamma=0.3),
+        "warmup_join": S.Warmup(
+            S.Join([S.PolynomialDecay(0.1, 400, 0.05), S.CosineDecay(0.05, 500)], [400]),
+            warmup_steps=100,
+            initial_learning_rate=0.01,
+            warmup_type="constant",
+        ),
+    }
+
+
+def describe(schedule) -> str:
+    """``ClassName(arg=value, ...)`` without unset arguments, name and dtype (a plot title)."""
+    parts = []
+    for key, value in schedule.get_config().items():
+        if key in _NOT_OPTIONS or value is None:
+            continue
+        if isinstance(value, dict) and "class_name" in value:
+            value = describe(getattr(schedule, key))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            value = "[" + ", ".join(describe(v) for v in getattr(schedule, key)) + "]"
+        elif isinstance(value, float):
+            value = f"{value:g}"
+        parts.append(f"{key}={value}")
+    return f"{type(schedule).__name__}({', '.join(parts)})"
+
+
+def write_gallery(directory: str | pathlib.Path, steps: int = 1000) -> list[pathlib.Path]:
+    """Write ``schedule_<name>.png`` for every gallery schedule into ``directory``."""
+    plt = _pyplot()
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, schedule in gallery_schedules().items():
+        path = directory / f"schedule_{name}.png"
+        title = textwrap.fill(describe(schedule), 80)
+        plt.close(plot_schedule(schedule, path, steps=steps, title=title))
+        paths.append(path)
+    return paths
 
 
 # --- The `tfkit plot` subcommand.
