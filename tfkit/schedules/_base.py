@@ -89,7 +89,7 @@ def check_number(
     high_open: bool = False,
     integer: bool = False,
 ) -> float | int:
-    """Validate a finite real (or integer) number in a range; return it as float/int."""
+    """Validate a finite real (or integer) number in a range; return it as int or float."""
     if isinstance(value, tf.Tensor | tf.Variable | np.ndarray):
         if np.ndim(value) != 0:
             _fail(owner, name, value, "a scalar number", TypeError)
@@ -102,7 +102,8 @@ def check_number(
             _fail(owner, name, value, "an integer", TypeError)
         value = int(value)
     else:
-        value = float(value)
+        # Integers stay integers (step counts read better in configs); the rest is float.
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
         if not math.isfinite(value):
             _fail(owner, name, value, "finite")
     bad_low = low is not None and (value <= low if low_open else value < low)

@@ -1,0 +1,143 @@
+"""``tfkit.plot``: drawing schedules and the ``tfkit plot`` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import pytest
+
+from tfkit import plot
+from tfkit.schedules import OneCycle, PiecewiseConstantDecay, Warmup
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="tfkit")
+    plot.register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_cli_onecycle_writes_png_with_momentum(tmp_path, capsys):
+    out = tmp_path / "onecycle.png"
+    args = _parser().parse_args(
+        ["plot", "onecycle", "--max-learning-rate", "0.1", "--total-steps", "40", "-o", str(out)]
+    )
+    assert args.func(args) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_figure_shows_schedule_and_momentum_values():
+    s = OneCycle(0.1, total_steps=30, three_phase=True)
+    fig = plot.plot_schedule(s)
+    lr_axis, momentum_axis = fig.axes
+    expected_lr = [float(s(k)) for k in range(30)]
+    np.testing.assert_allclose(lr_axis.lines[0].get_ydata(), expected_lr, rtol=1e-7)
+    expected_m = [float(s.momentum_schedule(k)) for k in range(30)]
+    np.testing.assert_allclose(momentum_axis.lines[0].get_ydata(), expected_m, rtol=1e-7)
+
+
+def test_cli_lists_booleans_aliases_and_warmup():
+    args = _parser().parse_args(
+        [
+            "plot",
+            "PiecewiseConstantDecay",
+            "--boundaries",
+            "10,20",
+            "--values",
+            "0.1,0.01,0.001",
+            "--warmup-steps",
+            "5",
+            "--warmup-type",
+            "constant",
+            "--warmup-initial-learning-rate",
+            "0.02",
+        ]
+    )
+    s = plot.build_schedule(args)
+    assert isinstance(s, Warmup) and isinstance(s.schedule, PiecewiseConstantDecay)
+    assert s.schedule.boundaries == [10, 20] and s.warmup_type == "constant"
+    assert float(s(0)) == pytest.approx(0.02) and float(s(5)) == pytest.approx(0.1)
+    args = _parser().parse_args(
+        [
+            "plot",
+            "onecycle",
+            "--max-learning-rate",
+            "1",
+            "--total-steps",
+            "9",
+            "--three-phase",
+            "true",
+            "--anneal-strategy",
+            "linear",
+        ]
+    )
+    s = plot.build_schedule(args)
+    assert s.three_phase is True and s.anneal_strategy == "linear"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["plot", "onecycle", "--max-learning-rate", "0.1", "--bogus", "3"],
+        ["plot", "onecycle", "--max-learning-rate", "0.1"],  # --total-steps is required
+        ["plot", "onecycle", "--max-learning-rate", "abc", "--total-steps", "10"],
+        ["plot", "nosuchschedule"],
+        ["plot", "cosine", "--initial-learning-rate", "0.1", "--decay-steps", "10", "--alpha", "x"],
+    ],
+)
+def test_bad_options_exit_2_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert "usage: tfkit plot" in capsys.readouterr().err
+
+
+def test_bad_values_exit_2_naming_the_argument(capsys):
+    with pytest.raises(SystemExit) as exc:
+        plot.main(
+            ["onecycle", "--max-learning-rate", "0.1", "--total-steps", "10", "--pct-start", "1.5"]
+        )
+    assert exc.value.code == 2
+    assert "pct_start" in capsys.readouterr().err
+
+
+def test_missing_matplotlib_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'tfkit\[examples\]'"):
+        plot.plot_schedule(OneCycle(0.1, 10))
+    args = _parser().parse_args(
+        [
+            "plot",
+            "onecycle",
+            "--max-learning-rate",
+            "0.1",
+            "--total-steps",
+            "10",
+            "-o",
+            str(tmp_path / "x.png"),
+        ]
+    )
+    assert args.func(args) == 1
+    assert "needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_every_schedule_has_a_subcommand():
+    for cli_name, class_name in plot.SCHEDULES.items():
+        for name in (cli_name, class_name):
+            with pytest.raises(SystemExit) as exc:  # --help works and exits 0
+                _parser().parse_args(["plot", name, "--help"])
+            assert exc.value.code == 0, name
+
+
+def test_default_length_covers_the_whole_shape():
+    from tfkit.schedules import CosineDecay, CosineDecayRestarts, Cyclic, MultiStepDecay
+
+    assert plot.default_steps(OneCycle(0.1, 500)) == 500
+    assert plot.default_steps(CosineDecay(0.1, 1000, warmup_target=0.2, warmup_steps=100)) == 1201
+    assert plot.default_steps(Warmup(CosineDecay(0.1, 1000), 100)) == 1201
+    assert plot.default_steps(CosineDecayRestarts(0.1, 100, t_mul=2.0)) == 700
+    assert plot.default_steps(Cyclic(0.1, 1.0, step_size=10, step_size_down=20)) == 120
+    assert plot.default_steps(MultiStepDecay(0.1, [100, 300])) == 391
