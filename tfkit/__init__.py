@@ -10,17 +10,32 @@ registered with Keras' serialization before a model is loaded
 (``keras.saving.load_model(path, safe_mode=True)`` after ``import tfkit``).
 """
 
-from tfkit import devices, memory, optimizers, precision, recompute, schedules, training
+from tfkit import (
+    accumulation,
+    callbacks,
+    devices,
+    memory,
+    optimizers,
+    precision,
+    recompute,
+    schedules,
+    training,
+    tuning,
+)
 from tfkit._version import __version__
+from tfkit.accumulation import GradientAccumulator
 from tfkit.precision import LossScaleOptimizer
 from tfkit.recompute import Recompute, recompute_sequential
 from tfkit.training import TrainStep
 
 __all__ = [
+    "GradientAccumulator",
     "LossScaleOptimizer",
     "Recompute",
     "TrainStep",
     "__version__",
+    "accumulation",
+    "callbacks",
     "devices",
     "memory",
     "optimizers",
@@ -29,4 +44,5 @@ __all__ = [
     "recompute_sequential",
     "schedules",
     "training",
+    "tuning",
 ]

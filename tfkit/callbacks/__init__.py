@@ -1,6 +1,7 @@
 """Callbacks for ``model.fit`` and custom loops: early stopping, plateau reduction on any
 schedule, momentum/beta_1 scheduling, hyperparameter logging and diagnostics."""
 
+from tfkit.callbacks.backup_and_restore import BackupAndRestore
 from tfkit.callbacks.early_stopping import EarlyStopping
 from tfkit.callbacks.hyperparameter_logger import HyperparameterLogger
 from tfkit.callbacks.momentum import (
@@ -15,6 +16,7 @@ from tfkit.callbacks.scaled_schedule import ScaledSchedule
 from tfkit.callbacks.update_ratio import UpdateRatioMonitor
 
 __all__ = [
+    "BackupAndRestore",
     "EarlyStopping",
     "HyperparameterLogger",
     "MomentumScheduler",
