@@ -22,9 +22,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfkit  # noqa: E402
-from tfkit.callbacks.backup_and_restore import BackupAndRestore  # noqa: E402
 
-EPOCHS, BATCH, N = 4, 8, 96  # 12 batches an epoch
+EPOCHS, BATCH, N, K = 4, 8, 96, 3  # 12 micro-batches an epoch, an update every 3
 
 
 class KillAt(keras.callbacks.Callback):
@@ -52,13 +51,12 @@ def build():
             keras.layers.Dense(3),
         ]
     )
-    total = EPOCHS * N // BATCH
-    schedule = tfkit.schedules.OneCycle(0.05, total_steps=total)
+    schedule = tfkit.schedules.OneCycle(0.05, total_steps=EPOCHS * N // BATCH // K)
     model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+        optimizer=tfkit.GradientAccumulator(keras.optimizers.SGD(schedule, momentum=0.9), K),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    return model
+    return model, schedule
 
 
 def main(argv=None) -> int:
@@ -71,16 +69,34 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N, 6)).astype("float32")
     y = rng.integers(0, 3, size=N).astype("int32")
-    model = build()
+    model, schedule = build()
+    # Stateful callbacks whose state must survive the kill; patience/min_delta
+    # are chosen so both act during the run (the plateau multiplier changes).
+    stop = tfkit.callbacks.EarlyStopping(monitor="loss", patience=10)
+    plateau = tfkit.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=0.05)
     if args.keras:
-        callbacks = [keras.callbacks.BackupAndRestore(args.backup_dir, save_freq=5)]
-        callbacks[0].skipped_batches = -1
+        backup = keras.callbacks.BackupAndRestore(args.backup_dir, save_freq=5)
+        backup.skipped_batches = -1
     else:
-        callbacks = [BackupAndRestore(args.backup_dir, save_freq=5)]
+        backup = tfkit.callbacks.BackupAndRestore(
+            args.backup_dir, save_freq=5, callbacks=[stop, plateau]
+        )
+    callbacks = [
+        backup,
+        tfkit.callbacks.MomentumScheduler(schedule.momentum_schedule),
+        stop,
+        plateau,
+    ]
     if args.kill_at_batch:
         callbacks.append(KillAt(args.kill_at_batch))
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, callbacks=callbacks, verbose=0)
-    np.savez(args.out, *model.get_weights(), skipped=callbacks[0].skipped_batches)
+    np.savez(
+        args.out,
+        *model.get_weights(),
+        skipped=backup.skipped_batches,
+        multiplier=plateau.multiplier,
+        updates=int(model.optimizer.iterations),
+    )
     return 0
 
 

@@ -1,4 +1,9 @@
-"""A run killed with SIGKILL mid-epoch and resumed ends where an uninterrupted run ends."""
+"""A run killed with SIGKILL mid-epoch and resumed ends where an uninterrupted run ends.
+
+The recipe (tests/resume_worker.py) uses every stateful tfkit piece: a OneCycle
+schedule with momentum cycling, a GradientAccumulator whose window is open at
+the kill, dropout inside a Recompute block, EarlyStopping and ReduceLROnPlateau.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ def _run(root, *args, timeout=240):
 def _weights(path):
     with np.load(path) as f:
         keys = sorted((k for k in f.files if k.startswith("arr_")), key=lambda k: int(k[4:]))
-        return [f[k] for k in keys], int(f["skipped"])
+        return [f[k] for k in keys], {k: f[k].item() for k in ("skipped", "multiplier", "updates")}
 
 
 @pytest.mark.parametrize("kill_at", [23])  # epoch 2, batch 11 of 12; last backup at batch 20
@@ -40,9 +45,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, root, kil
     resumed = _run(root, tmp_path / "backup", tmp_path / "resumed.npz")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    expected, _ = _weights(tmp_path / "ref.npz")
-    got, skipped = _weights(tmp_path / "resumed.npz")
-    assert skipped == 20 - 12  # batches of the interrupted epoch already trained
+    expected, ref_info = _weights(tmp_path / "ref.npz")
+    got, info = _weights(tmp_path / "resumed.npz")
+    assert info["skipped"] == 20 - 12  # batches of the interrupted epoch already trained
+    assert info["updates"] == ref_info["updates"] == 16  # 48 micro-batches / 3
+    assert ref_info["multiplier"] < 1.0  # the plateau callback acted during the run
+    assert info["multiplier"] == ref_info["multiplier"]
     for a, b in zip(expected, got, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 

@@ -126,6 +126,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     # -- skipping the batches already trained in the interrupted epoch -------
     def _skip_batches(self, count: int) -> None:
+        # Installed at the next epoch start, not here: other callbacks'
+        # on_train_begin may still rebuild `model.train_function` after us.
+        self._skip_remaining = count
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self._skip_remaining <= 0:
+            return
         model = self.model
         original = model.train_function
         per_call = int(getattr(model, "steps_per_execution", 1) or 1)
@@ -136,13 +144,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 return original(iterator)
             n = min(per_call, self._skip_remaining)
             for _ in range(n):
-                next(iterator)
+                next(iterator)  # draw the batch so the data order stays the same
             self._skip_remaining -= n
             self._skipped_in_epoch += n
             self.skipped_batches += n
             return {}
 
-        self._skip_remaining = count
         model.train_function = skipping_train_function
 
     def on_train_batch_end(self, batch, logs=None):
