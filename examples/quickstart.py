@@ -1,87 +1,178 @@
-"""Quickstart: train a small Keras model on the offline digits data with tfkit.
+"""Quickstart: every tfkit piece in one ``model.fit``, on offline digits data.
 
-Run it with ``make demo`` (or ``python examples/quickstart.py``). It writes the
-training history as CSV under ``runs/quickstart/`` and prints the held-out
-accuracy.
+Run it with ``make demo`` (or ``python examples/quickstart.py``). The recipe:
+
+* a OneCycle learning rate with momentum cycling (``MomentumScheduler``),
+  as in Smith's 1cycle policy and PyTorch's ``OneCycleLR``;
+* the precision policy of ``--precision`` (``auto`` picks bf16 on Ampere+,
+  fp16 on Volta/Turing, float32 elsewhere, so float32 on this CPU);
+* ``GradientAccumulator``: micro-batches of ``--micro-batch`` examples,
+  ``--accumulation`` of them per update (the effective batch is the product);
+* ``Recompute`` around each residual conv block;
+* ``EarlyStopping`` (stops on NaN too, restores the best weights) and
+  ``HyperparameterLogger`` (learning rate, momentum, loss scale in the logs).
+
+It prints a summary (test accuracy, epochs, effective batch, peak memory) and
+writes ``history.csv`` and PNG plots of learning rate, momentum and loss under
+``runs/quickstart/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
-import sys
 import time
 
+# Before TensorFlow starts: quiet logs, and the BFC allocator so that peak
+# memory on CPU can be read (tf.config.experimental.get_memory_info).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from digits_data import load_digits_split  # noqa: E402
 
+import tfkit  # noqa: E402
 
-def build_model(num_classes: int = 10) -> keras.Model:
-    inputs = keras.Input((64,))
-    x = keras.layers.Dense(256, activation="relu")(inputs)
-    x = keras.layers.Dropout(0.2)(x)
-    x = keras.layers.Dense(128, activation="relu")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+PRECISIONS = ("auto", "mixed_float16", "mixed_bfloat16", "float32")
+
+
+def build_model(width: int = 32, blocks: int = 2, recompute: bool = True) -> keras.Model:
+    """A small residual conv net; each block ``x + Conv(Dropout(Conv(x)))`` is recomputed."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
+    for i in range(blocks):
+        block = keras.Sequential(
+            [
+                keras.layers.Conv2D(width, 3, padding="same", activation="relu"),
+                keras.layers.Dropout(0.1),
+                keras.layers.Conv2D(width, 3, padding="same"),
+            ],
+            name=f"block_{i}",
+        )
+        h = tfkit.Recompute(block)(x) if recompute else block(x)
+        x = keras.layers.Activation("relu")(keras.layers.Add()([x, h]))
+    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
+    # Softmax and loss in float32 whatever the policy (tfkit.precision.audit checks it).
+    outputs = keras.layers.Dense(10, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--accumulation", type=int, default=4)
+    p.add_argument("--max-learning-rate", type=float, default=0.05)
+    p.add_argument("--no-recompute", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", type=pathlib.Path, default=pathlib.Path("runs/quickstart"))
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
     args = p.parse_args(argv)
-    if args.epochs < 1:
-        p.error(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size < 1:
-        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    for name in ("epochs", "micro_batch", "accumulation"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.max_learning_rate > 0:
+        p.error(f"--max-learning-rate must be > 0, got {args.max_learning_rate}")
     return args
+
+
+def _plots(history: dict, schedule, steps: int, out: pathlib.Path) -> list[pathlib.Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / "learning_rate.png", out / "momentum.png", out / "loss.png"]
+    tfkit.plot.plot_schedule(schedule, paths[0], steps=steps, title="OneCycle learning rate")
+    steps_axis = range(steps)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(steps_axis, tfkit.plot.schedule_values(schedule.momentum_schedule, steps))
+    ax.set(xlabel="step (optimizer updates)", ylabel="momentum", title="OneCycle momentum")
+    fig.tight_layout()
+    fig.savefig(paths[1])
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(history["loss"], label="train")
+    ax.plot(history["val_loss"], label="validation")
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[2])
+    plt.close("all")
+    return paths
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (x_train, y_train), (x_test, y_test) = load_digits_split(seed=args.seed)
+    (x_train, y_train), (x_test, y_test) = load_digits_split(seed=args.seed, image=True)
+    n_fit = int(len(x_train) * 0.9)  # the rest is validation (Keras' validation_split)
+    micro_batches_per_epoch = math.ceil(n_fit / args.micro_batch)
+    total_updates = math.ceil(args.epochs * micro_batches_per_epoch / args.accumulation)
 
-    model = build_model()
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    history_csv = args.output_dir / "history.csv"
-    start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        validation_split=0.1,
-        callbacks=[keras.callbacks.CSVLogger(str(history_csv))],
-        verbose=0 if args.quiet else 2,
-    )
-    seconds = time.perf_counter() - start
-    _, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
+    with tfkit.precision.set_policy(args.precision) as policy:
+        schedule = tfkit.schedules.OneCycle(args.max_learning_rate, total_steps=total_updates)
+        optimizer = tfkit.GradientAccumulator(
+            keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
+            accumulation_steps=args.accumulation,
+        )
+        model = build_model(recompute=not args.no_recompute)
+        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
+        model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+        history_csv = args.output_dir / "history.csv"
+        start = time.perf_counter()
+        history = model.fit(
+            x_train,
+            y_train,
+            batch_size=args.micro_batch,
+            epochs=args.epochs,
+            validation_split=0.1,
+            callbacks=[
+                tfkit.callbacks.MomentumScheduler(schedule.momentum_schedule),
+                tfkit.callbacks.HyperparameterLogger(),
+                # OneCycle's rate is high for the first part of the run and the
+                # validation loss is noisy there: count patience from mid-run.
+                tfkit.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=5,
+                    restore_best_weights=True,
+                    start_from_epoch=args.epochs // 2,
+                ),
+                keras.callbacks.CSVLogger(str(history_csv)),
+            ],
+            verbose=0 if args.quiet else 2,
+        )
+        seconds = time.perf_counter() - start
+        _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    plots = _plots(history.history, schedule, total_updates, args.output_dir)
     summary = {
         "test_accuracy": float(test_accuracy),
         "epochs": len(history.history["loss"]),
+        "effective_batch": args.micro_batch * args.accumulation,
+        "updates": int(optimizer.iterations),
+        "precision": policy.name,
+        "peak_memory_mib": peak / 2**20,
         "train_seconds": seconds,
         "history_csv": str(history_csv),
+        "plots": [str(p) for p in plots],
     }
     print(
-        f"test accuracy {test_accuracy:.4f} after {summary['epochs']} epochs "
-        f"({seconds:.1f} s); history: {history_csv}"
+        f"\ntest accuracy    {summary['test_accuracy']:.4f}\n"
+        f"epochs           {summary['epochs']} (of at most {args.epochs}; early stopping)\n"
+        f"effective batch  {summary['effective_batch']} = {args.micro_batch} x {args.accumulation} "
+        f"accumulated; {summary['updates']} updates\n"
+        f"precision        {policy.name} ({policy.reason})\n"
+        f"peak memory      {summary['peak_memory_mib']:.1f} MiB (CPU, BFC allocator)\n"
+        f"train time       {seconds:.1f} s\n"
+        f"outputs          {args.output_dir}/ (history.csv, learning_rate.png, momentum.png, loss.png)"
     )
     return summary
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

@@ -41,7 +41,13 @@ def _isolate_keras_state():
 
 @pytest.fixture
 def mirrored_strategy():
-    """A MirroredStrategy over the two logical CPU devices."""
+    """A MirroredStrategy over the two logical CPU devices.
+
+    Each strategy gets fresh collective keys (as TensorFlow's own tests do):
+    two strategies in one process otherwise reuse collective instance keys and
+    fail with "Shape mismatch in the collective instance".
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += 100_000
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
