@@ -185,6 +185,67 @@ def test_custom_loop_follows_reference(mode):
     assert min(s for _, s, _ in expected) == lo and max(s for _, s, _ in expected) == hi
 
 
+# From tests/golden/make_precision_golden.py: torch.amp.GradScaler(init_scale=8,
+# growth_interval=3) + torch.optim.SGD(lr=0.5, momentum=0.5) on the FLAGS sequence.
+TORCH_SCALES = [
+    8.0,
+    4.0,
+    2.0,
+    1.0,
+    1.0,
+    1.0,
+    2.0,
+    2.0,
+    2.0,
+    4.0,
+    4.0,
+    4.0,
+    8.0,
+    8.0,
+    8.0,
+    16.0,
+    8.0,
+    8.0,
+]
+TORCH_WEIGHTS = [
+    [0.9371349, -1.9339476], [0.9371349, -1.9339476], [0.9371349, -1.9339476],
+    [0.9371349, -1.9339476], [1.2575699, -1.2682106], [1.7294247, -0.9560052],
+    [3.1278675, -0.6905066], [4.4500446, -0.1916236], [5.3832626, 0.215968],
+    [5.6440563, -0.1014929], [5.8387203, -0.9434551], [6.2686496, -1.5401912],
+    [6.0318794, -1.8855654], [6.285244, -1.5973898], [6.640789, -1.5633996],
+    [7.3233709, -1.4418167], [7.3233709, -1.4418167], [7.557332, -1.5587115],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_unbounded_matches_torch_grad_scaler(jit_compile):
+    """With bounds out of reach, the scale and the weights follow PyTorch's GradScaler."""
+    opt = LossScaleOptimizer(
+        keras.optimizers.SGD(0.5, momentum=0.5),
+        initial_scale=8.0,
+        dynamic_growth_steps=3,
+        min_scale=2.0**-20,
+        max_scale=2.0**20,
+    )
+    w = keras.Variable(np.array([1.0, -2.0], "float32"))
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            scaled = opt.scale_loss(tf.reduce_sum(w.value * x))
+        opt.apply(tape.gradient(scaled, [w.value]), [w])
+
+    rng = np.random.default_rng(0)
+    for i, finite in enumerate(FLAGS):
+        x = rng.normal(size=2).astype("float32")
+        if not finite:
+            x[i % 2] = np.inf
+        step(tf.constant(x))
+        assert float(opt.loss_scale) == TORCH_SCALES[i], f"step {i}"
+        np.testing.assert_allclose(w.numpy(), TORCH_WEIGHTS[i], rtol=1e-6, atol=1e-6)
+    assert int(opt.skipped_steps) == FLAGS.count(False)
+
+
 # ------------------------------------------------------- model.fit, float16
 
 
