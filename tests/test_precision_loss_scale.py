@@ -185,6 +185,67 @@ def test_custom_loop_follows_reference(mode):
     assert min(s for _, s, _ in expected) == lo and max(s for _, s, _ in expected) == hi
 
 
+# From tests/golden/make_precision_golden.py: torch.amp.GradScaler(init_scale=8,
+# growth_interval=3) + torch.optim.SGD(lr=0.5, momentum=0.5) on the FLAGS sequence.
+TORCH_SCALES = [
+    8.0,
+    4.0,
+    2.0,
+    1.0,
+    1.0,
+    1.0,
+    2.0,
+    2.0,
+    2.0,
+    4.0,
+    4.0,
+    4.0,
+    8.0,
+    8.0,
+    8.0,
+    16.0,
+    8.0,
+    8.0,
+]
+TORCH_WEIGHTS = [
+    [0.9371349, -1.9339476], [0.9371349, -1.9339476], [0.9371349, -1.9339476],
+    [0.9371349, -1.9339476], [1.2575699, -1.2682106], [1.7294247, -0.9560052],
+    [3.1278675, -0.6905066], [4.4500446, -0.1916236], [5.3832626, 0.215968],
+    [5.6440563, -0.1014929], [5.8387203, -0.9434551], [6.2686496, -1.5401912],
+    [6.0318794, -1.8855654], [6.285244, -1.5973898], [6.640789, -1.5633996],
+    [7.3233709, -1.4418167], [7.3233709, -1.4418167], [7.557332, -1.5587115],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_unbounded_matches_torch_grad_scaler(jit_compile):
+    """With bounds out of reach, the scale and the weights follow PyTorch's GradScaler."""
+    opt = LossScaleOptimizer(
+        keras.optimizers.SGD(0.5, momentum=0.5),
+        initial_scale=8.0,
+        dynamic_growth_steps=3,
+        min_scale=2.0**-20,
+        max_scale=2.0**20,
+    )
+    w = keras.Variable(np.array([1.0, -2.0], "float32"))
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            scaled = opt.scale_loss(tf.reduce_sum(w.value * x))
+        opt.apply(tape.gradient(scaled, [w.value]), [w])
+
+    rng = np.random.default_rng(0)
+    for i, finite in enumerate(FLAGS):
+        x = rng.normal(size=2).astype("float32")
+        if not finite:
+            x[i % 2] = np.inf
+        step(tf.constant(x))
+        assert float(opt.loss_scale) == TORCH_SCALES[i], f"step {i}"
+        np.testing.assert_allclose(w.numpy(), TORCH_WEIGHTS[i], rtol=1e-6, atol=1e-6)
+    assert int(opt.skipped_steps) == FLAGS.count(False)
+
+
 # ------------------------------------------------------- model.fit, float16
 
 
@@ -510,3 +571,78 @@ def test_around_tfkit_gradient_accumulator(distributed, request):
     assert int(opt.skipped_steps) == 1 and float(opt.loss_scale) == 8.0
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
     assert find_in_chain(model.optimizer, "loss_scale") is opt
+
+
+_MULTI_WORKER_SCRIPT = """
+import json, os, sys
+index, ports, out, root = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3], sys.argv[4]
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+os.environ["TF_CONFIG"] = json.dumps({
+    "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+    "task": {"type": "worker", "index": index},
+})
+sys.path.insert(0, root)
+import keras, numpy as np, tensorflow as tf
+from tfkit.precision.loss_scale_optimizer import LossScaleOptimizer
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    w = keras.Variable(np.array([1.0, -1.0], "float32"))
+    opt = LossScaleOptimizer(keras.optimizers.SGD(0.5), initial_scale=8.0)
+    opt.build([w])
+
+@tf.function
+def step(x):
+    def replica_fn(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(w.value * x) / strategy.num_replicas_in_sync
+            scaled = opt.scale_loss(loss)
+        opt.apply(tape.gradient(scaled, [w.value]), [w])
+    strategy.run(replica_fn, args=(x,))
+
+rows = []
+for xs in ([[1.0, 1.0], [3.0, 1.0]], [[1.0, 1.0], [np.inf, 1.0]]):
+    x = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(xs[index], tf.float32))
+    step(x)
+    rows.append([w.numpy().tolist(), float(opt.loss_scale), int(opt.skipped_steps)])
+with open(out, "w") as f:
+    json.dump(rows, f)
+"""
+
+
+@pytest.mark.slow
+def test_multi_worker_overflow_on_one_worker_skips_on_both(tmp_path, root):
+    """Two local workers (TF_CONFIG): worker 1 overflows, both skip and stay in sync.
+
+    With Keras' own class each worker decides from its local gradients: worker 0
+    enters the all-reduce alone and the collective aborts.
+    """
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = ",".join(str(s.getsockname()[1]) for s in sockets)
+    for s in sockets:
+        s.close()
+    script = tmp_path / "worker.py"
+    script.write_text(_MULTI_WORKER_SCRIPT)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), ports, str(tmp_path / f"{i}.json"), str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        output, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, output.decode()[-2000:]
+    for i in range(2):
+        rows = json.loads((tmp_path / f"{i}.json").read_text())
+        # step 1: mean gradient [2, 1], lr 0.5; step 2: skipped everywhere, scale halved.
+        assert rows == [[[0.0, -1.5], 8.0, 0], [[0.0, -1.5], 4.0, 1]], f"worker {i}"
