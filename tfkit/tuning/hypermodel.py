@@ -255,6 +255,10 @@ def _make_class():
             model.compile(
                 optimizer=optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs
             )
+            # Create the optimizer state now, so that checkpoints keras-tuner reloads
+            # (Hyperband's continued trials, get_best_models) restore it too.
+            if model.built:
+                model.optimizer.build(model.trainable_variables)
             return model
 
     TfkitHyperModel.__module__ = __name__
