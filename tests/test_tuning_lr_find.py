@@ -288,3 +288,22 @@ def test_bad_data_and_model():
     uncompiled = keras.Sequential([keras.Input((D,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="compiled"):
         lr_find(uncompiled, (x, y), verbose=0)
+
+
+def test_under_mirrored_strategy(mirrored_strategy):
+    x, y = _isotropic_regression()
+    with mirrored_strategy.scope():
+        model = _bn_dropout_model(5)
+    model.train_on_batch(x[:32], y[:32])
+    before = _all_state(model)
+    result = lr_find(model, (x, y), min_lr=1e-5, max_lr=10.0, steps=12, verbose=0)
+    assert len(result.lrs) >= 2
+    _assert_bit_identical(before, _all_state(model))
+    # Every replica holds the restored values, not only the primary copy.
+    checked = 0
+    for v, saved in zip(model.variables, before, strict=False):  # _all_state starts with these
+        replicas = getattr(v._value, "values", ())  # a MirroredVariable's per-device copies
+        if len(replicas) == 2:
+            assert all(r.numpy().tobytes() == saved.tobytes() for r in replicas), v.path
+            checked += 1
+    assert checked >= len(model.trainable_variables)
