@@ -65,3 +65,11 @@ def test_quickstart_model_matches_example():
     ]
     assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
     assert isinstance(ours, keras.Model)
+
+
+def test_package_exports():
+    import tfkit.tuning as tuning
+
+    assert tuning.lr_find.__module__ == "tfkit.tuning.lr_find"
+    assert tuning.find_micro_batch.__module__ == "tfkit.tuning.micro_batch"
+    assert tuning.scale_learning_rate(0.1, 1, 2) == pytest.approx(0.2)

@@ -188,3 +188,13 @@ def test_custom_accumulator_and_decay_steps_in_real_updates():
     model = hm.build(_hp(schedule="cosine", cosine_alpha=0.0))
     assert wrapped == [4]
     assert model.optimizer._learning_rate.decay_steps == 13  # ceil(50 / 4) real updates
+
+
+def test_one_cycle_from_tfkit_schedules():
+    schedules = pytest.importorskip("tfkit.schedules")
+    assert "one_cycle" in DEFAULT_SCHEDULES
+    hm = _hypermodel(accumulation_steps=(2,), accumulator=lambda opt, steps: opt)
+    model = hm.build(_hp(schedule="one_cycle", learning_rate=0.1, one_cycle_pct_start=0.25))
+    schedule = model.optimizer._learning_rate
+    assert isinstance(schedule, schedules.OneCycle)
+    assert (schedule.max_learning_rate, schedule.total_steps, schedule.pct_start) == (0.1, 25, 0.25)

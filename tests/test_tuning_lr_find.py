@@ -288,3 +288,43 @@ def test_bad_data_and_model():
     uncompiled = keras.Sequential([keras.Input((D,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="compiled"):
         lr_find(uncompiled, (x, y), verbose=0)
+
+
+def test_under_mirrored_strategy(mirrored_strategy):
+    x, y = _isotropic_regression()
+    with mirrored_strategy.scope():
+        model = _bn_dropout_model(5)
+    model.train_on_batch(x[:32], y[:32])
+    before = _all_state(model)
+    result = lr_find(model, (x, y), min_lr=1e-5, max_lr=10.0, steps=12, verbose=0)
+    assert len(result.lrs) >= 2
+    _assert_bit_identical(before, _all_state(model))
+    # Every replica holds the restored values, not only the primary copy.
+    checked = 0
+    for v, saved in zip(model.variables, before, strict=False):  # _all_state starts with these
+        replicas = getattr(v._value, "values", ())  # a MirroredVariable's per-device copies
+        if len(replicas) == 2:
+            assert all(r.numpy().tobytes() == saved.tobytes() for r in replicas), v.path
+            checked += 1
+    assert checked >= len(model.trainable_variables)
+
+
+def test_tfkit_gradient_accumulator_if_available():
+    accumulation = pytest.importorskip("tfkit.accumulation")
+    x, y = _isotropic_regression()
+    keras.config.set_dtype_policy("mixed_float16")  # LossScaleOptimizer(GradientAccumulator(.))
+    optimizer = accumulation.GradientAccumulator(keras.optimizers.Adam(1e-3), accumulation_steps=2)
+    model = _bn_dropout_model(9, optimizer=optimizer)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    for _ in range(3):  # an open accumulation window and non-zero slots
+        model.train_on_batch(x[:32], y[:32])
+    before = _all_state(model)
+    calls = []
+    original = model.train_on_batch
+    model.train_on_batch = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        result = lr_find(model, (x, y), min_lr=1e-5, max_lr=10.0, steps=10, verbose=0)
+    finally:
+        del model.train_on_batch
+    assert len(calls) == 2 * len(result.lrs)  # one sweep step = one real update
+    _assert_bit_identical(before, _all_state(model))

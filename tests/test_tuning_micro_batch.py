@@ -138,15 +138,18 @@ SAMPLE = (np.arange(8, dtype="float32").reshape(2, 4), np.ones((2, 1), "float32"
 )
 def test_search_finds_largest_fitting_size(monkeypatch, limit, multiple_of, expected, train):
     model = _model()
-    model.train_on_batch(*SAMPLE)  # non-trivial optimizer state to restore
-    before = [np.array(v.numpy()) for v in model.variables + model.optimizer.variables]
+    if train:
+        model.train_on_batch(*SAMPLE)  # non-trivial optimizer state to restore
+    # Unbuilt optimizer (train=False): the finder builds it; compare the model only.
+    state = lambda: model.variables + (model.optimizer.variables if train else [])  # noqa: E731
+    before = [np.array(v.numpy()) for v in state()]
     sizes = _limit_memory(monkeypatch, model, limit, train=train)
     plan = find_micro_batch(model, SAMPLE, target_batch=1000, multiple_of=multiple_of)
     assert plan.max_micro_batch == expected
     assert sizes == list(plan.trials)  # one step per trial, in order
     assert all(fitted == (size <= limit) for size, fitted in plan.trials.items())
     assert max(plan.trials) <= 2 * limit  # doubling stops at the first failure
-    after = [np.array(v.numpy()) for v in model.variables + model.optimizer.variables]
+    after = [np.array(v.numpy()) for v in state()]
     for a, b in zip(before, after, strict=True):
         assert a.tobytes() == b.tobytes()
 

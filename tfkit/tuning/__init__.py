@@ -4,9 +4,9 @@
 2. :func:`~tfkit.tuning.micro_batch.find_micro_batch`: largest micro-batch that
    fits, and the accumulation plan to reach a target batch.
 3. :func:`~tfkit.tuning.scaling.scale_learning_rate`: linear / sqrt rule.
-4. :class:`~tfkit.tuning.hypermodel.TfkitHyperModel`: the remaining choices
+4. ``TfkitHyperModel`` (:mod:`tfkit.tuning.hypermodel`): the remaining choices
    (schedule, learning rate, precision, accumulation) as a keras-tuner search
-   space (needs the optional ``tuner`` extra).
+   space (needs the optional ``tuner`` extra; not imported here).
 """
 
 from tfkit.tuning.lr_find import LRFinderResult, lr_find

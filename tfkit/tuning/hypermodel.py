@@ -40,6 +40,7 @@ __all__ = [  # noqa: F822 - TfkitHyperModel is created on first access (module _
     "allow_missing_tensorboard",
     "constant_schedule",
     "cosine_schedule",
+    "one_cycle_schedule",
 ]
 
 # A schedule factory receives the hyperparameters (to declare its own tunables,
@@ -67,12 +68,36 @@ def cosine_schedule(hp, learning_rate: float, decay_steps: int | None):
     return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=alpha)
 
 
-# Families offered by default. tfkit's own schedules (OneCycle, warmup joins)
-# plug in the same way: TfkitHyperModel(..., schedules={**DEFAULT_SCHEDULES, "one_cycle": f}).
-DEFAULT_SCHEDULES: dict[str, ScheduleFactory] = {
-    "constant": constant_schedule,
-    "cosine": cosine_schedule,
-}
+def one_cycle_schedule(hp, learning_rate: float, decay_steps: int | None):
+    """tfkit ``OneCycle`` peaking at ``learning_rate``, over the whole run (learning rate only).
+
+    Declares ``one_cycle_pct_start`` (0.25 or 0.3) as its own hyperparameter.
+    Momentum cycling needs tfkit's momentum callback and is left to the user.
+    """
+    from tfkit.schedules import OneCycle
+
+    if decay_steps is None:
+        raise ValueError(
+            "TfkitHyperModel: the 'one_cycle' schedule needs `decay_steps` (optimizer updates "
+            "of one trial), received None"
+        )
+    pct_start = hp.Choice("one_cycle_pct_start", [0.25, 0.3])
+    return OneCycle(learning_rate, total_steps=decay_steps, pct_start=pct_start)
+
+
+def _default_schedules() -> dict[str, ScheduleFactory]:
+    schedules = {"constant": constant_schedule, "cosine": cosine_schedule}
+    try:  # tfkit's schedules, when installed with this tfkit
+        import tfkit.schedules  # noqa: F401
+    except ImportError:
+        return schedules
+    schedules["one_cycle"] = one_cycle_schedule
+    return schedules
+
+
+# Families offered by default: constant, Keras cosine, and tfkit's OneCycle when
+# available. Others plug in the same way: schedules={**DEFAULT_SCHEDULES, "name": factory}.
+DEFAULT_SCHEDULES: dict[str, ScheduleFactory] = _default_schedules()
 
 _POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "bfloat16", "float16")
 
@@ -146,7 +171,8 @@ def _make_class():
             optimizer: ``learning_rate -> keras.optimizers.Optimizer``; default Adam.
             learning_rate: ``(low, high)`` searched log-uniformly, or a float to fix it.
             schedules: name -> factory ``(hp, learning_rate, decay_steps)`` map;
-                default :data:`DEFAULT_SCHEDULES` (``constant``, ``cosine``).
+                default :data:`DEFAULT_SCHEDULES` (``constant``, ``cosine``, and
+                ``one_cycle`` when ``tfkit.schedules`` is available).
             decay_steps: training steps (batches) per trial, for decaying
                 schedules; with ``accumulation_steps = N`` the schedule gets
                 ``ceil(decay_steps / N)``, the number of real updates (unless the
@@ -255,6 +281,10 @@ def _make_class():
             model.compile(
                 optimizer=optimizer, loss=self.loss, metrics=self.metrics, **self.compile_kwargs
             )
+            # Create the optimizer state now, so that checkpoints keras-tuner reloads
+            # (Hyperband's continued trials, get_best_models) restore it too.
+            if model.built:
+                model.optimizer.build(model.trainable_variables)
             return model
 
     TfkitHyperModel.__module__ = __name__

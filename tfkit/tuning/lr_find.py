@@ -209,7 +209,8 @@ class _SweepRate:
 
 def _check_args(min_lr, max_lr, steps, beta, divergence_threshold) -> None:
     for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
+        if bad_type or not math.isfinite(value) or value <= 0:
             raise ValueError(f"lr_find: `{name}` must be a finite number > 0, received {value!r}")
     if min_lr >= max_lr:
         raise ValueError(
