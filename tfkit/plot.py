@@ -64,11 +64,18 @@ def _pyplot():
 
 
 def schedule_values(schedule, steps: int) -> np.ndarray:
-    """``schedule(k)`` for ``k`` in ``range(steps)``, evaluated through one traced graph."""
+    """``schedule(k)`` for ``k`` in ``range(steps)``.
+
+    tfkit schedules are elementwise and take the whole step vector in one call;
+    other schedules (Keras' own) are called step by step through one traced graph.
+    """
     import tensorflow as tf
 
+    ks = tf.range(steps, dtype=tf.int64)
+    if type(schedule).__module__.startswith("tfkit."):
+        return np.asarray(schedule(ks), dtype=np.float64)
     fn = tf.function(lambda step: schedule(step))
-    return np.array([float(fn(tf.constant(k, tf.int64))) for k in range(steps)])
+    return np.array([float(fn(k)) for k in ks])
 
 
 def default_steps(schedule) -> int:
