@@ -296,3 +296,23 @@ def test_warmup_and_join_wrap_keras_schedules():
         keras.saving.serialize_keras_object(Warmup(j, 3)), safe_mode=True
     )
     assert_close_to_peak(values(clone, range(18)), values(Warmup(j, 3), range(18)), 0.1)
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    for name in (
+        "piecewise",
+        "exponential",
+        "polynomial",
+        "cosine",
+        "linear_cosine",
+        "one_cycle",
+        "cyclic",
+        "warmup",
+        "join",
+    ):
+        module = importlib.import_module(f"tfkit.schedules.{name}")
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, (name, result)
