@@ -9,6 +9,7 @@ step dtypes, steps up to 2**40, float32 vs float64, no retracing under
 from __future__ import annotations
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -266,8 +267,15 @@ FAST_FIT = {
 }
 
 
+# The variants run in `make test-full` (TFKIT_FULL=1) and are marked slow.
+_SLOW = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("TFKIT_FULL") != "1", reason="variant; TFKIT_FULL=1 runs it"),
+]
+
+
 def _fit_params(fast):
-    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
+    return [n if n in fast else pytest.param(n, marks=_SLOW) for n in NAMES]
 
 
 @pytest.mark.parametrize("name", _fit_params(FAST_FIT))
