@@ -123,3 +123,44 @@ def test_default_length_covers_the_whole_shape():
     assert plot.default_steps(CosineDecayRestarts(0.1, 100, t_mul=2.0)) == 700
     assert plot.default_steps(Cyclic(0.1, 1.0, step_size=10, step_size_down=20)) == 120
     assert plot.default_steps(MultiStepDecay(0.1, [100, 300])) == 391
+
+
+def test_through_tfkit_cli_once_registered(monkeypatch, tmp_path, capsys):
+    from tfkit import cli
+
+    # What the lead's registration ("tfkit.plot" in cli._COMMAND_MODULES) gives.
+    monkeypatch.setattr(cli, "_COMMAND_MODULES", (*cli._COMMAND_MODULES, "tfkit.plot"))
+    out = tmp_path / "c.png"
+    assert (
+        cli.main(
+            [
+                "plot",
+                "cyclic",
+                "--initial-learning-rate",
+                "0.001",
+                "--maximal-learning-rate",
+                "0.01",
+                "--step-size",
+                "5",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.exists()
+    with pytest.raises(SystemExit) as exc:  # a bad value: ValueError -> exit 2, argument named
+        cli.main(
+            [
+                "plot",
+                "cyclic",
+                "--initial-learning-rate",
+                "0.001",
+                "--maximal-learning-rate",
+                "0.01",
+                "--step-size",
+                "0",
+            ]
+        )
+    assert exc.value.code == 2
+    assert "step_size" in capsys.readouterr().err
