@@ -96,6 +96,29 @@ def make_fit(learning_rate):
     return fit
 
 
+EVALS = 5_000  # schedule evaluations per timed call in the isolated loop
+
+
+def make_eval_loop(learning_rate):
+    """A jit-compiled loop evaluating the schedule EVALS times (the constant: a variable read)."""
+    if callable(learning_rate):
+        schedule = learning_rate
+    else:
+        rate = tf.Variable(learning_rate)
+
+        def schedule(step):
+            return rate + tf.cast(step, tf.float32) * 0.0
+
+    @tf.function(jit_compile=True)
+    def loop():
+        def body(i, acc):
+            return i + 1, acc + tf.cast(schedule(i), tf.float32)
+
+        return tf.while_loop(lambda i, acc: i < EVALS, body, (tf.constant(0, tf.int64), 0.0))[1]
+
+    return lambda: loop().numpy()
+
+
 def main() -> None:
     repeats = int(os.environ.get("BENCH_REPEATS", "15"))
     cases = {name: make_fit(factory()) for name, factory in CASES.items()}
@@ -109,6 +132,21 @@ def main() -> None:
             unit="step time",
         )
     )
+    # The same cost isolated: the schedule alone in an XLA loop, less noisy than
+    # whole training steps on a shared machine; its extra time per evaluation
+    # is then expressed as a fraction of one training step.
+    loops = {name: make_eval_loop(factory()) for name, factory in CASES.items()}
+    loop_medians = interleaved_medians(loops, repeats=repeats, warmup=1)
+    step_time = medians["constant"] / STEPS
+    base = loop_medians["constant"]
+    print()
+    print(f"### Schedule evaluation alone ({EVALS} evaluations in one XLA loop)")
+    print()
+    print("| case | extra µs per evaluation vs constant | share of one training step |")
+    print("|---|---|---|")
+    for name, t in loop_medians.items():
+        extra = (t - base) / EVALS
+        print(f"| {name} | {extra * 1e6:.2f} | {extra / step_time:.2%} |")
 
 
 if __name__ == "__main__":

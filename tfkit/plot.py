@@ -64,11 +64,18 @@ def _pyplot():
 
 
 def schedule_values(schedule, steps: int) -> np.ndarray:
-    """``schedule(k)`` for ``k`` in ``range(steps)``, evaluated through one traced graph."""
+    """``schedule(k)`` for ``k`` in ``range(steps)``.
+
+    tfkit schedules are elementwise and take the whole step vector in one call;
+    other schedules (Keras' own) are called step by step through one traced graph.
+    """
     import tensorflow as tf
 
+    ks = tf.range(steps, dtype=tf.int64)
+    if type(schedule).__module__.startswith("tfkit."):
+        return np.asarray(schedule(ks), dtype=np.float64)
     fn = tf.function(lambda step: schedule(step))
-    return np.array([float(fn(tf.constant(k, tf.int64))) for k in range(steps)])
+    return np.array([float(fn(k)) for k in ks])
 
 
 def default_steps(schedule) -> int:
@@ -231,17 +238,16 @@ def _option_type(annotation: str, default):
     return _number
 
 
-def _add_schedule_parser(subparsers, cli_name: str, class_name: str) -> None:
+def schedule_parser(name: str) -> argparse.ArgumentParser:
+    """The option parser of ``tfkit plot NAME``: the constructor arguments of that schedule."""
+    class_name = SCHEDULES.get(name, name)
     cls = _schedule_class(class_name)
     summary = (cls.__doc__ or "").strip().splitlines()[0]
-    p = subparsers.add_parser(
-        cli_name, aliases=[class_name], help=summary, description=f"{class_name}: {summary}"
-    )
+    p = argparse.ArgumentParser(prog=f"tfkit plot {name}", description=f"{class_name}: {summary}")
     own = inspect.signature(cls.__init__).parameters
     for param in own.values():
         if param.name in _NOT_OPTIONS:
             continue
-        flag = "--" + param.name.replace("_", "-")
         required = param.default is inspect.Parameter.empty
         kwargs = dict(
             dest=f"arg_{param.name}",
@@ -252,28 +258,38 @@ def _add_schedule_parser(subparsers, cli_name: str, class_name: str) -> None:
         if not required:
             kwargs["default"] = argparse.SUPPRESS
             kwargs["help"] = f"default {param.default!r}"
-        p.add_argument(flag, **kwargs)
+        p.add_argument("--" + param.name.replace("_", "-"), **kwargs)
     if "warmup_steps" not in own:
         p.add_argument("--warmup-steps", type=int, default=0, help="wrap in Warmup")
         p.add_argument("--warmup-type", choices=("linear", "constant"), default="linear")
         p.add_argument("--warmup-initial-learning-rate", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=None, help="steps to plot (default: whole shape)")
-    p.add_argument("-o", "--output", default=None, help=f"PNG path (default {cli_name}.png)")
-    p.set_defaults(func=run, schedule_class=class_name, cli_name=cli_name)
+    p.add_argument("-o", "--output", default=None, help=f"PNG path (default {name}.png)")
+    p.set_defaults(schedule_class=class_name, cli_name=name)
+    return p
 
 
 def register(subparsers) -> None:
-    """Add ``tfkit plot NAME [--argument VALUE ...] [-o out.png]``."""
+    """Add ``tfkit plot NAME [--argument VALUE ...] [-o out.png]``.
+
+    The per-schedule options are parsed in ``run`` so that building the
+    ``tfkit`` parser does not import TensorFlow.
+    """
     p = subparsers.add_parser(
         "plot",
         help="draw a learning-rate schedule (and OneCycle's momentum) to a PNG",
-        description="Draw a tfkit learning-rate schedule to a PNG. "
-        "Options are the schedule's constructor arguments.",
+        description="Draw a tfkit learning-rate schedule to a PNG. Options are the "
+        "schedule's constructor arguments in --kebab-case (lists comma-separated); "
+        "see `tfkit plot NAME --help`.",
     )
-    names = p.add_subparsers(dest="schedule", metavar="SCHEDULE")
-    names.required = True
-    for cli_name, class_name in SCHEDULES.items():
-        _add_schedule_parser(names, cli_name, class_name)
+    p.add_argument(
+        "schedule",
+        choices=[*SCHEDULES, *SCHEDULES.values()],
+        metavar="SCHEDULE",
+        help="one of: " + ", ".join(SCHEDULES),
+    )
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the schedule's arguments")
+    p.set_defaults(func=run)
 
 
 def build_schedule(args: argparse.Namespace):
@@ -293,14 +309,16 @@ def build_schedule(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    schedule = build_schedule(args)
-    output = args.output or f"{args.cli_name}.png"
+    """Parse the schedule's options (exit 2 with usage if bad), build it, draw it."""
+    options = schedule_parser(args.schedule).parse_args(args.options)
+    schedule = build_schedule(options)
+    output = options.output or f"{options.cli_name}.png"
     try:
         plt = _pyplot()
     except ImportError as err:
         print(f"tfkit plot: error: {err}", file=sys.stderr)
         return 1
-    fig = plot_schedule(schedule, output, steps=args.steps)
+    fig = plot_schedule(schedule, output, steps=options.steps)
     plt.close(fig)
     print(f"wrote {output}")
     return 0

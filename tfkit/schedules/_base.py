@@ -13,6 +13,8 @@ Numerics, decided once for the package:
   value dtype, so float32 results stay within float32 rounding of the float64
   reference at every step.
 * Steps below 0 are treated as step 0 (optimizer iteration counters start at 0).
+* Optimizers pass a scalar step; every tfkit schedule is elementwise, so a
+  vector of steps also works (one call for a whole curve, as ``tfkit.plot`` does).
 """
 
 from __future__ import annotations

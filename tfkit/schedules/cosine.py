@@ -77,7 +77,7 @@ class CosineDecay(_WarmupCosineBase):
 
     Args:
         initial_learning_rate: rate at step 0, >= 0.
-        decay_steps: length of the decay, > 0.
+        decay_steps: length of the decay, >= 1.
         alpha: final rate as a fraction of ``peak``, in [0, 1] (default 0).
         name: optional name scope.
         warmup_target: rate reached at the end of the warmup (None: no warmup).
@@ -106,7 +106,7 @@ class CosineDecay(_WarmupCosineBase):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate, warmup_target)
         self._init_warmup(owner, initial_learning_rate, warmup_target, warmup_steps)
-        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=0, low_open=True)
+        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=1)
         self.alpha = check_number(owner, "alpha", alpha, low=0, high=1)
         self.name = check_name(owner, name)
 
@@ -148,7 +148,7 @@ class CosineDecayRestarts(_WarmupCosineBase):
 
     Args:
         initial_learning_rate: rate at step 0, >= 0.
-        first_decay_steps: length of the first cycle, > 0.
+        first_decay_steps: length of the first cycle, >= 1.
         t_mul: cycle length multiplier, >= 1 (default 2.0). Below 1 the cycles
             would shrink to a finite total and the schedule would end.
         m_mul: peak multiplier per restart, in [0, 1] (default 1.0).
@@ -184,9 +184,7 @@ class CosineDecayRestarts(_WarmupCosineBase):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate, warmup_target)
         self._init_warmup(owner, initial_learning_rate, warmup_target, warmup_steps)
-        self.first_decay_steps = check_number(
-            owner, "first_decay_steps", first_decay_steps, low=0, low_open=True
-        )
+        self.first_decay_steps = check_number(owner, "first_decay_steps", first_decay_steps, low=1)
         self.t_mul = check_number(owner, "t_mul", t_mul, low=1)
         self.m_mul = check_number(owner, "m_mul", m_mul, low=0, high=1)
         self.alpha = check_number(owner, "alpha", alpha, low=0, high=1)
@@ -203,10 +201,14 @@ class CosineDecayRestarts(_WarmupCosineBase):
         def start(i):  # first step of cycle i
             return first * (tf.pow(t_mul, i) - 1.0) / (t_mul - 1.0)
 
+        # Cycle lengths grow as t_mul**i; beyond i_max they exceed float64 range
+        # (and any 2**53-step run), so the index is capped there.
+        i_max = math.floor(700.0 / math.log(self.t_mul))
         i = tf.floor(tf.math.log1p(s / first * (t_mul - 1.0)) / tf.math.log(t_mul))
+        i = tf.clip_by_value(i, 0.0, i_max)
         # The logarithm can land one cycle off at a restart; fix it exactly.
-        i = tf.where(s < start(i), i - 1.0, i)
-        i = tf.where(s >= start(i + 1.0), i + 1.0, i)
+        i = tf.where(s < start(i), tf.maximum(i - 1.0, 0.0), i)
+        i = tf.where((s >= start(i + 1.0)) & (i < i_max), i + 1.0, i)
         length = first * tf.pow(t_mul, i)
         return i, tf.clip_by_value((s - start(i)) / length, 0.0, 1.0)
 

@@ -40,8 +40,8 @@ class Cyclic(ScheduleBase):
     Args:
         initial_learning_rate: lower bound (PyTorch ``base_lr``), >= 0.
         maximal_learning_rate: upper bound (PyTorch ``max_lr``), >= 0.
-        step_size: steps of the rising half (PyTorch ``step_size_up``), > 0.
-        step_size_down: steps of the falling half, > 0 (None: ``step_size``).
+        step_size: steps of the rising half (PyTorch ``step_size_up``), >= 1.
+        step_size_down: steps of the falling half, >= 1 (None: ``step_size``).
         mode: ``"triangular"`` (default), ``"triangular2"`` or ``"exp_range"``.
         gamma: ``exp_range`` decay per step, in (0, 1] (default 1.0).
         name: optional name scope.
@@ -75,11 +75,11 @@ class Cyclic(ScheduleBase):
         self.maximal_learning_rate = check_rate(
             owner, "maximal_learning_rate", maximal_learning_rate, self.dtype
         )
-        self.step_size = check_number(owner, "step_size", step_size, low=0, low_open=True)
+        self.step_size = check_number(owner, "step_size", step_size, low=1)
         self.step_size_down = (
             None
             if step_size_down is None
-            else check_number(owner, "step_size_down", step_size_down, low=0, low_open=True)
+            else check_number(owner, "step_size_down", step_size_down, low=1)
         )
         self.mode = check_choice(owner, "mode", mode, MODES)
         self.gamma = check_number(owner, "gamma", gamma, low=0, low_open=True, high=1)

@@ -36,7 +36,7 @@ class _DecayBase(ScheduleBase):
         self.initial_learning_rate = check_rate(
             owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
-        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=0, low_open=True)
+        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=1)
         self.decay_rate = check_number(owner, "decay_rate", decay_rate, **self._rate_allowed)
         self.staircase = check_bool(owner, "staircase", staircase)
         self.name = check_name(owner, name)
@@ -72,7 +72,7 @@ class ExponentialDecay(_DecayBase):
 
     Args:
         initial_learning_rate: rate at step 0, >= 0.
-        decay_steps: steps per factor of ``decay_rate``, > 0.
+        decay_steps: steps per factor of ``decay_rate``, >= 1.
         decay_rate: in (0, 1]. Growth (> 1) is rejected: it overflows to inf
             long before step 2**40.
         staircase: decay in discrete jumps every ``decay_steps``.
@@ -109,7 +109,7 @@ class NaturalExpDecay(_DecayBase):
 
     Args:
         initial_learning_rate: rate at step 0, >= 0.
-        decay_steps: > 0.
+        decay_steps: >= 1.
         decay_rate: >= 0.
         staircase: decay in discrete jumps every ``decay_steps``.
         name: optional name scope.
@@ -142,7 +142,7 @@ class InverseTimeDecay(_DecayBase):
 
     Args:
         initial_learning_rate: rate at step 0, >= 0.
-        decay_steps: > 0.
+        decay_steps: >= 1.
         decay_rate: >= 0.
         staircase: decay in discrete jumps every ``decay_steps``.
         name: optional name scope.

@@ -32,7 +32,7 @@ class LinearCosineDecay(ScheduleBase):
 
     Args:
         initial_learning_rate: >= 0.
-        decay_steps: > 0.
+        decay_steps: >= 1.
         num_periods: cosine periods over the decay, >= 0 (default 0.5).
         alpha: added to the linear part, >= 0 (default 0.0).
         beta: constant floor factor, >= 0 (default 0.001).
@@ -63,7 +63,7 @@ class LinearCosineDecay(ScheduleBase):
         self.initial_learning_rate = check_rate(
             owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
-        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=0, low_open=True)
+        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=1)
         self.num_periods = check_number(owner, "num_periods", num_periods, low=0)
         self.alpha = check_number(owner, "alpha", alpha, low=0)
         self.beta = check_number(owner, "beta", beta, low=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from tfkit.schedules._base import (
@@ -158,6 +159,14 @@ class OneCycle(_OneCycleShape):
         self.final_div_factor = check_number(
             owner, "final_div_factor", final_div_factor, low=0, low_open=True
         )
+        largest = float(np.finfo(self.dtype).max)
+        if max(self.initial_learning_rate, self.final_learning_rate) > largest:
+            raise ValueError(
+                f"{owner}: `div_factor` and `final_div_factor` must give start and final rates "
+                f"that {self.dtype} can represent; received div_factor={div_factor!r}, "
+                f"final_div_factor={final_div_factor!r} (start "
+                f"{self.initial_learning_rate!r}, final {self.final_learning_rate!r})."
+            )
         self.cycle_momentum = check_bool(owner, "cycle_momentum", cycle_momentum)
         self.base_momentum = check_number(owner, "base_momentum", base_momentum, low=0, high=1)
         self.max_momentum = check_number(owner, "max_momentum", max_momentum, low=0, high=1)

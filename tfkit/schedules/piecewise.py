@@ -72,7 +72,9 @@ class PiecewiseConstantDecay(ScheduleBase):
         self.name = check_name(owner, name)
 
     def _compute(self, step):
-        index = tf.reduce_sum(tf.cast(step > tf.constant(self.boundaries, tf.float64), tf.int32))
+        # Count the boundaries passed; the trailing axis also lets a vector of steps through.
+        passed = tf.expand_dims(step, -1) > tf.constant(self.boundaries, tf.float64)
+        index = tf.reduce_sum(tf.cast(passed, tf.int32), axis=-1)
         return tf.gather(tf.constant(self.values, self.dtype), index)
 
     def get_config(self) -> dict:
@@ -135,7 +137,8 @@ class MultiStepDecay(ScheduleBase):
         self.name = check_name(owner, name)
 
     def _compute(self, step):
-        passed = tf.reduce_sum(tf.cast(step >= tf.constant(self.milestones, tf.float64), tf.int32))
+        reached = tf.expand_dims(step, -1) >= tf.constant(self.milestones, tf.float64)
+        passed = tf.reduce_sum(tf.cast(reached, tf.int32), axis=-1)
         # A table of the k + 1 possible values, so the result is exactly
         # initial * gamma**k rounded once, like PyTorch's repeated multiplication.
         table = [

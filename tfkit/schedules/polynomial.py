@@ -33,7 +33,7 @@ class PolynomialDecay(ScheduleBase):
 
     Args:
         initial_learning_rate: rate at step 0, >= 0.
-        decay_steps: > 0.
+        decay_steps: >= 1.
         end_learning_rate: final rate, >= 0 (default 1e-4). May exceed the
             initial rate, which turns the schedule into a polynomial ramp.
         power: exponent, > 0 (default 1.0: linear).
@@ -64,7 +64,7 @@ class PolynomialDecay(ScheduleBase):
         self.initial_learning_rate = check_rate(
             owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
-        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=0, low_open=True)
+        self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=1)
         self.end_learning_rate = check_rate(
             owner, "end_learning_rate", end_learning_rate, self.dtype
         )
