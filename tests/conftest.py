@@ -25,6 +25,8 @@ tf.config.set_logical_device_configuration(
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Examples import their sibling helper modules (examples/digits_data.py).
 sys.path.insert(0, str(ROOT / "examples"))
+# Test helpers (multiworker.py, recipe modules) import as plain modules.
+sys.path.insert(0, str(ROOT / "tests"))
 
 FULL = os.environ.get("TFKIT_FULL") == "1"
 
