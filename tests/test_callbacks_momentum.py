@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import keras
 import numpy as np
@@ -330,3 +332,17 @@ def test_fit_under_mirrored_strategy(mirrored_strategy):
               callbacks=[MomentumScheduler(OneCycleMomentum("cos"))])
     expected = numpy_sgd_momentum(x, y, w0, 0.05, ONE_CYCLE_SGD_COS, batch_size=4)
     np.testing.assert_allclose(model.get_weights()[0], expected, rtol=2e-5, atol=1e-6)
+
+
+def test_model_saves_and_loads_while_scheduled(tmp_path):
+    """A checkpoint written mid-training (schedule attached) stores the plain float, loads in safe mode."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.01, beta_1=0.9), "mse")
+    model.optimizer.build(model.trainable_variables)
+    schedule_hyperparameter(model.optimizer, OneCycleMomentum())
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded.optimizer.beta_1) is float and loaded.optimizer.beta_1 == 0.9
+    assert type(copy.deepcopy(model.optimizer.beta_1)) is float
+    assert pickle.loads(pickle.dumps(model.optimizer.beta_1)) == 0.9
