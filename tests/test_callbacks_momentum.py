@@ -319,6 +319,7 @@ def test_with_tfkit_one_cycle_momentum_schedule():
     assert float(restored.schedule(3)) == pytest.approx(ONE_CYCLE_SGD_COS[3], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_under_mirrored_strategy(mirrored_strategy):
     x, y = _linear_problem()
     with mirrored_strategy.scope():

@@ -46,6 +46,10 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
     ``best``, ``cooldown_counter``) for ``tf.train.Checkpoint`` resumes; see
     ``tfkit.callbacks.EarlyStopping`` for the resume rule.
 
+    In a custom loop driven through ``keras.callbacks.CallbackList``, call
+    ``on_train_begin`` before the step function is first traced: the wrapper
+    must be in place when the graph reads the learning rate.
+
     Decision rule (Keras'): at each epoch end, in cooldown the counter
     decreases and ``wait = 0``; an improvement (``min_delta``, ``threshold_mode``
     as in ``EarlyStopping``) resets ``wait``; otherwise, out of cooldown,
