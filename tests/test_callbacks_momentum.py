@@ -347,3 +347,32 @@ def test_model_saves_and_loads_while_scheduled(tmp_path):
     assert type(loaded.optimizer.beta_1) is float and loaded.optimizer.beta_1 == 0.9
     assert type(copy.deepcopy(model.optimizer.beta_1)) is float
     assert pickle.loads(pickle.dumps(model.optimizer.beta_1)) == 0.9
+
+
+@pytest.mark.parametrize("dtype", ["float16", pytest.param("bfloat16", marks=pytest.mark.slow), "float64"])
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_variable_dtypes(name, dtype):
+    """The scheduled value adopts the variable dtype wherever Keras combines it (weak float typing)."""
+    rng = np.random.default_rng(2)
+    grads = [rng.normal(size=(3,)) for _ in range(4)]
+    reference_var, var = keras.Variable(np.ones(3), dtype=dtype), keras.Variable(np.ones(3), dtype=dtype)
+    reference, optimizer = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    reference.build([reference_var])
+    optimizer.build([var])
+    attr = "momentum" if name == "sgd" else "beta_1"
+    schedule_hyperparameter(optimizer, OneCycleMomentum())
+
+    @tf.function(jit_compile=True)
+    def step(g):
+        optimizer.apply([g], [var])
+
+    for k, g in enumerate(grads):
+        # float32 schedule values, as the in-graph schedule computes them
+        setattr(reference, attr, float(np.float32(ONE_CYCLE_SGD_COS[k])))
+        reference.apply([tf.constant(g, dtype)], [reference_var])
+        step(tf.constant(g, dtype))
+    assert var.dtype == dtype
+    # float64 checks the values; the 16-bit cases check dtype handling (to their resolution).
+    rtol = {"float16": 1e-3, "bfloat16": 1e-2, "float64": 1e-6}[dtype]
+    np.testing.assert_allclose(np.asarray(var.numpy(), "float64"), np.asarray(reference_var.numpy(), "float64"),
+                               rtol=rtol)
