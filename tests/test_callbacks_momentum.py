@@ -270,6 +270,10 @@ def test_bad_input():
     sgd.build([keras.Variable(np.ones(2, "float32"))])
     with pytest.raises(ValueError, match="momentum=0.0"):
         schedule_hyperparameter(sgd, OneCycleMomentum())
+    unbuilt = keras.optimizers.SGD(0.1, momentum=0.0)
+    assert schedule_hyperparameter(unbuilt, OneCycleMomentum()) == pytest.approx(MAX_M)
+    unbuilt.build([keras.Variable(np.ones(2, "float32"))])
+    assert len(unbuilt.momentums) == 1  # slots exist, so the schedule acts
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         schedule_hyperparameter(keras.optimizers.Adam(), keras.optimizers.schedules.ExponentialDecay(2.0, 1, 0.5))
     with pytest.raises(ValueError, match="neither"):
