@@ -380,3 +380,17 @@ def test_variable_dtypes(name, dtype):
     rtol = {"float16": 1e-3, "bfloat16": 1e-2, "float64": 1e-6}[dtype]
     np.testing.assert_allclose(np.asarray(var.numpy(), "float64"), np.asarray(reference_var.numpy(), "float64"),
                                rtol=rtol)
+
+
+def test_callback_after_a_plain_fit_retraces_once():
+    """A step traced before the callback baked the float in: on_train_begin must replace it."""
+    x, y = _linear_problem()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    w0 = model.get_weights()[0]
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", jit_compile=True)
+    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)  # updates 0..3 at 0.9
+    model.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0,
+              callbacks=[MomentumScheduler(OneCycleMomentum())])  # updates 4..11 scheduled
+    momenta = [0.9] * 4 + ONE_CYCLE_SGD_COS[4:]
+    expected = numpy_sgd_momentum(x, y, w0, 0.05, momenta, batch_size=2)
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=2e-5, atol=1e-6)

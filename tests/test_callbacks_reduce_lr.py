@@ -235,3 +235,22 @@ def test_on_schedule_in_custom_jit_loop():
             w = w - multiplier * numpy_cosine(k) * (2.0 / 4 * xb.T @ (xb @ w - yb))
             k += 1
     np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5, atol=1e-6)
+
+
+def test_callback_after_a_plain_fit_uses_the_wrapper():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = rng.normal(size=(8, 1)).astype("float32")
+    model = _model(keras.optimizers.schedules.CosineDecay(LR0, DECAY_STEPS))
+    w = model.get_weights()[0].astype("float64")
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # traced with the bare schedule
+    cb = ReduceLROnPlateau(factor=0.5, patience=0, min_delta=0.0)
+    model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[_Scripted([1.0] * 3), cb])
+    k = 0
+    # Plain epoch; then epoch 0 sets `best`, epochs 1 and 2 reduce after their steps ran.
+    for multiplier in (1.0, 1.0, 1.0, 0.5):
+        for i in (0, 4):
+            xb, yb = x[i:i + 4].astype("float64"), y[i:i + 4].astype("float64")
+            w = w - multiplier * numpy_cosine(k) * (2.0 / 4 * xb.T @ (xb @ w - yb))
+            k += 1
+    np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5, atol=1e-6)
