@@ -245,3 +245,49 @@ def _drive_model(model, callback, values):
         callbacks.on_epoch_end(epoch, {})
     callbacks.on_train_end()
     return model, len(values)
+
+
+class _Preempt(Exception):
+    pass
+
+
+class _CheckpointEachEpoch(keras.callbacks.Callback):
+    """Saves model + EarlyStopping state after every epoch; 'crashes' after epoch ``crash_after``."""
+
+    def __init__(self, checkpoint, directory, crash_after=None):
+        super().__init__()
+        self.manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=1)
+        self.crash_after = crash_after
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=epoch)
+        if epoch == self.crash_after:
+            raise _Preempt()
+
+
+@pytest.mark.parametrize("crash_after", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_preempted_fit_resumes_with_same_decisions(tmp_path, crash_after):
+    values = [3.0, 1.0, 2.0, 2.5, 2.6, 2.7, 2.8]
+
+    def run(directory, crash_after=None, restore=False):
+        model = _model()
+        es = EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+        checkpoint = tf.train.Checkpoint(model=model, early_stopping=es.state)
+        saver = _CheckpointEachEpoch(checkpoint, directory, crash_after)
+        initial_epoch = 0
+        if restore:
+            checkpoint.restore(saver.manager.latest_checkpoint).assert_existing_objects_matched()
+            initial_epoch = int(saver.manager.latest_checkpoint.rsplit("-", 1)[1]) + 1
+        x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+        # _Scripted sets val_loss and marks the weights before EarlyStopping reads them.
+        model.fit(x, y, validation_data=(x, y), epochs=len(values), initial_epoch=initial_epoch, verbose=0,
+                  callbacks=[_Scripted(values), es, saver])
+        return model, es
+
+    reference_model, reference = run(str(tmp_path / "ref"))
+    with pytest.raises(_Preempt):
+        run(str(tmp_path / "ckpt"), crash_after=crash_after)
+    model, resumed = run(str(tmp_path / "ckpt"), restore=True)
+    assert resumed.stopped_epoch == reference.stopped_epoch == 4
+    assert resumed.best_epoch == reference.best_epoch == 1
+    np.testing.assert_array_equal(model.get_weights()[0], reference_model.get_weights()[0])

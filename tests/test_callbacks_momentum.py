@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import keras
 import numpy as np
@@ -268,6 +270,10 @@ def test_bad_input():
     sgd.build([keras.Variable(np.ones(2, "float32"))])
     with pytest.raises(ValueError, match="momentum=0.0"):
         schedule_hyperparameter(sgd, OneCycleMomentum())
+    unbuilt = keras.optimizers.SGD(0.1, momentum=0.0)
+    assert schedule_hyperparameter(unbuilt, OneCycleMomentum()) == pytest.approx(MAX_M)
+    unbuilt.build([keras.Variable(np.ones(2, "float32"))])
+    assert len(unbuilt.momentums) == 1  # slots exist, so the schedule acts
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         schedule_hyperparameter(keras.optimizers.Adam(), keras.optimizers.schedules.ExponentialDecay(2.0, 1, 0.5))
     with pytest.raises(ValueError, match="neither"):
@@ -317,6 +323,7 @@ def test_with_tfkit_one_cycle_momentum_schedule():
     assert float(restored.schedule(3)) == pytest.approx(ONE_CYCLE_SGD_COS[3], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_fit_under_mirrored_strategy(mirrored_strategy):
     x, y = _linear_problem()
     with mirrored_strategy.scope():
@@ -329,4 +336,61 @@ def test_fit_under_mirrored_strategy(mirrored_strategy):
     model.fit(x, y, batch_size=4, epochs=6, shuffle=False, verbose=0,
               callbacks=[MomentumScheduler(OneCycleMomentum("cos"))])
     expected = numpy_sgd_momentum(x, y, w0, 0.05, ONE_CYCLE_SGD_COS, batch_size=4)
+    np.testing.assert_allclose(model.get_weights()[0], expected, rtol=2e-5, atol=1e-6)
+
+
+def test_model_saves_and_loads_while_scheduled(tmp_path):
+    """A checkpoint written mid-training (schedule attached) stores the plain float, loads in safe mode."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.01, beta_1=0.9), "mse")
+    model.optimizer.build(model.trainable_variables)
+    schedule_hyperparameter(model.optimizer, OneCycleMomentum())
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded.optimizer.beta_1) is float and loaded.optimizer.beta_1 == 0.9
+    assert type(copy.deepcopy(model.optimizer.beta_1)) is float
+    assert pickle.loads(pickle.dumps(model.optimizer.beta_1)) == 0.9
+
+
+@pytest.mark.parametrize("dtype", ["float16", pytest.param("bfloat16", marks=pytest.mark.slow), "float64"])
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_variable_dtypes(name, dtype):
+    """The scheduled value adopts the variable dtype wherever Keras combines it (weak float typing)."""
+    rng = np.random.default_rng(2)
+    grads = [rng.normal(size=(3,)) for _ in range(4)]
+    reference_var, var = keras.Variable(np.ones(3), dtype=dtype), keras.Variable(np.ones(3), dtype=dtype)
+    reference, optimizer = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    reference.build([reference_var])
+    optimizer.build([var])
+    attr = "momentum" if name == "sgd" else "beta_1"
+    schedule_hyperparameter(optimizer, OneCycleMomentum())
+
+    @tf.function(jit_compile=True)
+    def step(g):
+        optimizer.apply([g], [var])
+
+    for k, g in enumerate(grads):
+        # float32 schedule values, as the in-graph schedule computes them
+        setattr(reference, attr, float(np.float32(ONE_CYCLE_SGD_COS[k])))
+        reference.apply([tf.constant(g, dtype)], [reference_var])
+        step(tf.constant(g, dtype))
+    assert var.dtype == dtype
+    # float64 checks the values; the 16-bit cases check dtype handling (to their resolution).
+    rtol = {"float16": 1e-3, "bfloat16": 1e-2, "float64": 1e-6}[dtype]
+    np.testing.assert_allclose(np.asarray(var.numpy(), "float64"), np.asarray(reference_var.numpy(), "float64"),
+                               rtol=rtol)
+
+
+def test_callback_after_a_plain_fit_retraces_once():
+    """A step traced before the callback baked the float in: on_train_begin must replace it."""
+    x, y = _linear_problem()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    w0 = model.get_weights()[0]
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", jit_compile=True)
+    model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)  # updates 0..3 at 0.9
+    model.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0,
+              callbacks=[MomentumScheduler(OneCycleMomentum())])  # updates 4..11 scheduled
+    momenta = [0.9] * 4 + ONE_CYCLE_SGD_COS[4:]
+    expected = numpy_sgd_momentum(x, y, w0, 0.05, momenta, batch_size=2)
     np.testing.assert_allclose(model.get_weights()[0], expected, rtol=2e-5, atol=1e-6)

@@ -200,3 +200,57 @@ def test_config_round_trip():
     cb = ReduceLROnPlateau(monitor="loss", factor=0.3, threshold_mode="rel", cooldown=2)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(cb), safe_mode=True)
     assert restored.get_config() == cb.get_config()
+
+
+def test_on_schedule_in_custom_jit_loop():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = rng.normal(size=(8, 1)).astype("float32")
+    model = _model(keras.optimizers.schedules.CosineDecay(LR0, DECAY_STEPS))
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    w = model.get_weights()[0].astype("float64")
+    cb = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=0.0)
+    callbacks = keras.callbacks.CallbackList([cb], model=model)
+
+    @tf.function(jit_compile=True)
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(xb, training=True) - yb))
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        return loss
+
+    callbacks.on_train_begin()  # installs ScaledSchedule before the first trace
+    for epoch in range(3):
+        callbacks.on_epoch_begin(epoch)
+        for i in (0, 4):
+            step(x[i:i + 4], y[i:i + 4])
+        callbacks.on_epoch_end(epoch, {"loss": 1.0})  # flat: reduce at epochs 1 and 2
+    callbacks.on_train_end()
+    assert step.experimental_get_tracing_count() == 1 and cb.multiplier == 0.25
+    k = 0
+    for multiplier in (1.0, 1.0, 0.5):
+        for i in (0, 4):
+            xb, yb = x[i:i + 4].astype("float64"), y[i:i + 4].astype("float64")
+            w = w - multiplier * numpy_cosine(k) * (2.0 / 4 * xb.T @ (xb @ w - yb))
+            k += 1
+    np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5, atol=1e-6)
+
+
+def test_callback_after_a_plain_fit_uses_the_wrapper():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = rng.normal(size=(8, 1)).astype("float32")
+    model = _model(keras.optimizers.schedules.CosineDecay(LR0, DECAY_STEPS))
+    w = model.get_weights()[0].astype("float64")
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)  # traced with the bare schedule
+    cb = ReduceLROnPlateau(factor=0.5, patience=0, min_delta=0.0)
+    model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[_Scripted([1.0] * 3), cb])
+    k = 0
+    # Plain epoch; then epoch 0 sets `best`, epochs 1 and 2 reduce after their steps ran.
+    for multiplier in (1.0, 1.0, 1.0, 0.5):
+        for i in (0, 4):
+            xb, yb = x[i:i + 4].astype("float64"), y[i:i + 4].astype("float64")
+            w = w - multiplier * numpy_cosine(k) * (2.0 / 4 * xb.T @ (xb @ w - yb))
+            k += 1
+    np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5, atol=1e-6)

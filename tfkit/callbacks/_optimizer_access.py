@@ -48,8 +48,13 @@ def last_used_learning_rate(optimizer) -> float:
     """The rate used by the most recent update: a schedule at ``iterations - 1`` (0 before any)."""
     lr = raw_learning_rate(optimizer)
     if is_schedule(lr):
-        last_step = max(int(keras.ops.convert_to_numpy(optimizer.iterations)) - 1, 0)
+        last_step = max(int(to_numpy(optimizer.iterations)) - 1, 0)
         lr = lr(last_step)
     elif callable(lr) and not isinstance(lr, keras.Variable):
         lr = lr()
-    return float(keras.ops.convert_to_numpy(lr))
+    return float(to_numpy(lr))
+
+
+def to_numpy(value):
+    """Host value of a tensor/variable/number (``.numpy()`` avoids NumPy 2's ``__array__`` copy warning)."""
+    return value.numpy() if hasattr(value, "numpy") else keras.ops.convert_to_numpy(value)

@@ -47,7 +47,10 @@ class DeviceSnapshot(tf.Module):
         ):
             return
         self._sources = variables
-        if len(self.copies) != len(variables):
+        if len(self.copies) != len(variables) or any(
+            tuple(c.shape) != tuple(v.shape) or c.dtype != tf.as_dtype(v.dtype)
+            for c, v in zip(self.copies, variables, strict=True)
+        ):
             # Appended one by one to the tracked list, so values waiting in a
             # checkpoint restored before this point (deferred restoration) land here.
             del self.copies[:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfkit.callbacks._optimizer_access import base_optimizer, last_used_learning_rate
+from tfkit.callbacks._optimizer_access import base_optimizer, last_used_learning_rate, to_numpy
 from tfkit.callbacks.momentum import ScheduledHyperparameter
 from tfkit.optimizers import optimizer_chain
 
@@ -26,7 +26,7 @@ DEFAULT_CHAIN_ATTRIBUTES = (
 
 def _number(value) -> float | None:
     try:
-        array = np.asarray(keras.ops.convert_to_numpy(value))
+        array = np.asarray(to_numpy(value))
     except Exception:  # noqa: BLE001 - anything that is not a number is simply not logged
         return None
     if array.shape != () or array.dtype.kind not in "fiub":
@@ -101,7 +101,7 @@ class HyperparameterLogger(keras.callbacks.Callback):
         """The current values (what would be written into the logs now)."""
         outer = self.model.optimizer
         inner = base_optimizer(outer)
-        last_step = max(int(keras.ops.convert_to_numpy(inner.iterations)) - 1, 0)
+        last_step = max(int(to_numpy(inner.iterations)) - 1, 0)
         out = {}
         out["learning_rate"] = last_used_learning_rate(inner)
         for name in ("momentum", "beta_1"):

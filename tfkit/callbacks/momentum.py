@@ -153,7 +153,9 @@ def schedule_hyperparameter(optimizer, schedule, hyperparameter: str | None = No
     ``on_train_begin``): a step traced earlier baked the old float in. Calling
     it again with the same schedule re-enables the installed object and
     returns it unchanged (no retrace needed). ``unschedule_hyperparameter``
-    restores the plain float (re-trace steps afterwards).
+    restores the plain float (re-trace steps afterwards). An *unbuilt*
+    SGD/RMSprop with ``momentum=0.0`` takes ``schedule(0)`` as its float value,
+    so that it builds momentum slots; a built one raises ``ValueError``.
 
     Args:
         optimizer: A Keras optimizer or wrapper chain (``inner_optimizer``).
@@ -191,12 +193,12 @@ def schedule_hyperparameter(optimizer, schedule, hyperparameter: str | None = No
     nominal = float(current)
     if nominal == 0.0:
         # SGD and RMSprop create their momentum slots only when momentum != 0.
-        if inner.built:
+        if inner.built or first == 0.0:
             raise ValueError(
-                f"{type(inner).__name__} was built with {name}=0.0, so it has no momentum slots; "
-                f"construct it with {name} > 0 (e.g. the schedule's first value {first}) to schedule it."
+                f"{type(inner).__name__} has {name}=0.0, so it has (or will build) no momentum slots; "
+                f"construct it with {name} > 0 (e.g. the schedule's first value) to schedule it."
             )
-        nominal = first if first > 0 else 0.5
+        nominal = first  # an unbuilt optimizer then builds its slots; get_config reports this value
     value = ScheduledHyperparameter(nominal, schedule, inner)
     setattr(inner, name, value)
     return value

@@ -47,6 +47,8 @@ class NaNGuard(keras.callbacks.Callback):
        passed the check.
     3. **Stop**: ``model.stop_training = True`` (no exception).
 
+    With ``steps_per_execution = s`` Keras calls batch callbacks once per
+    execution, so the check (and the snapshot) happen every ``s`` updates.
     Non-finite gradients that a loss-scale optimizer *skips* leave the weights
     finite and are not a failure. Forward diagnosis needs a model whose layers
     can be read in order (Sequential or Functional); for subclassed models

@@ -15,6 +15,7 @@ from tfkit.callbacks._optimizer_access import (
     last_used_learning_rate,
     raw_learning_rate,
     refresh_train_function,
+    to_numpy,
 )
 from tfkit.callbacks._state import CallbackState
 from tfkit.callbacks.scaled_schedule import ScaledSchedule
@@ -45,6 +46,10 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
     reduced rate) and mirrored in ``self.state`` with the counters (``wait``,
     ``best``, ``cooldown_counter``) for ``tf.train.Checkpoint`` resumes; see
     ``tfkit.callbacks.EarlyStopping`` for the resume rule.
+
+    In a custom loop driven through ``keras.callbacks.CallbackList``, call
+    ``on_train_begin`` before the step function is first traced: the wrapper
+    must be in place when the graph reads the learning rate.
 
     Decision rule (Keras'): at each epoch end, in cooldown the counter
     decreases and ``wait = 0``; an improvement (``min_delta``, ``threshold_mode``
@@ -197,7 +202,7 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
         self.state.set("cooldown_counter", cooldown_counter)
 
     def _reduce(self, optimizer, epoch) -> bool:
-        current_lr = float(np.asarray(optimizer.learning_rate))
+        current_lr = float(to_numpy(optimizer.learning_rate))
         if not current_lr > np.float32(self.min_lr):
             return False
         if self._scaled is None:
