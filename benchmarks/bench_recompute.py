@@ -229,7 +229,10 @@ def main(argv: list[str]) -> int:
         )
         print(_table(f"Total peak memory (with weights), jit_compile={jit}", total_peak, "none"))
         print()
-        print(_table(f"Step time (median of {repeats}), jit_compile={jit}", result["time"], "none"))
+        for kind in ("wall", "cpu"):
+            title = f"Step {kind} time (median of {repeats}), jit_compile={jit}"
+            print(_table(title, result[kind], "none"))
+            print()
         print(flush=True)
     return 0
 
