@@ -126,8 +126,14 @@ BLOCKS = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(BLOCKS))
-@pytest.mark.parametrize("mode", ["eager", "graph", "jit"])
+GRADIENT_CASES = [
+    pytest.param(kind, mode, marks=[pytest.mark.slow] if mode == "jit" and kind != "dense" else [])
+    for kind in sorted(BLOCKS)
+    for mode in ("eager", "graph", "jit")
+]
+
+
+@pytest.mark.parametrize(("kind", "mode"), GRADIENT_CASES)
 def test_gradients_equal_without_recompute(kind, mode):
     build, shape = BLOCKS[kind]
     x = tf.random.normal(shape, seed=1)
@@ -335,7 +341,9 @@ def _fit_weights(model, x, y, **compile_kwargs):
     return [v.numpy() for v in model.trainable_variables]
 
 
-@pytest.mark.parametrize("style", ["functional", "sequential", "subclassed"])
+@pytest.mark.parametrize(
+    "style", [pytest.param("functional", marks=pytest.mark.slow), "sequential", "subclassed"]
+)
 def test_nested_in_models_fit_matches_no_recompute(style):
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(16, 6)).astype("float32"), rng.normal(size=(16, 1)).astype("float32")
@@ -433,6 +441,7 @@ def test_mixed_precision_gradients_match(policy):
     assert all(g.dtype == tf.float32 for g in gb)  # variable dtype
 
 
+@pytest.mark.slow
 def test_mixed_float16_fit_with_loss_scaling():
     keras.config.set_dtype_policy("mixed_float16")
     rng = np.random.default_rng(7)

@@ -9,6 +9,7 @@ docs/recompute.md ("Where the time goes").
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -22,6 +23,46 @@ from tensorflow.python.eager import record
 from tfkit import _recompute_state as state
 
 __all__ = ["recompute_call"]
+
+# Module-level so that benchmarks/bench_recompute.py can wrap it for an ablation.
+_custom_gradient = tf.custom_gradient
+
+# How many recomputed blocks may be differentiated at once (see _BackwardGate).
+GATE_DEPTH = 2
+
+
+class _BackwardGate(threading.local):
+    """Bound how far the backward pass runs ahead of the weight gradients.
+
+    TensorFlow's executor starts an op as soon as its inputs exist. A block's
+    input gradient is ready before its weight gradients are; without a bound the
+    executor races down the chain of input gradients, recomputing block after
+    block while the weight-gradient matmuls of the earlier ones still hold their
+    recomputed activations -- the peak then depends on thread timing. The
+    gradient functions are traced in backward order, so each one can gate its
+    recomputation on the gradients of the block differentiated ``GATE_DEPTH``
+    calls before it: at most ``GATE_DEPTH`` blocks' activations are alive, and
+    the weight gradients of one block still overlap the recomputation of the
+    next. (tf.recompute_grad bounds it to one block with an IdentityN on all
+    gradients, which also blocks that overlap; docs/recompute.md.)
+    """
+
+    def __init__(self) -> None:
+        self.graph = None
+        self.done: list = []
+
+    def wait_for(self, graph):
+        if graph is not self.graph:
+            self.graph, self.done = graph, []
+        return self.done[-GATE_DEPTH:][:1] if GATE_DEPTH > 0 else []
+
+    def finished(self, graph, grads) -> None:
+        if graph is self.graph:
+            self.done.append(tf.group([g for g in grads if g is not None]))
+            del self.done[:-GATE_DEPTH]
+
+
+_gate = _BackwardGate()
 
 
 def _is_differentiable(x) -> bool:
@@ -111,7 +152,7 @@ def recompute_call(
     )
     autocast = keras.src.backend.get_autocast_scope()
 
-    @tf.custom_gradient
+    @_custom_gradient
     def block(*values):
         with state.AssignRecorder() as recorder, record.stop_recording():
             outputs = call_with(values)
@@ -122,10 +163,11 @@ def recompute_call(
             dys = [
                 tf.zeros_like(o) if d is None else d for d, o in zip(dys, flat_outputs, strict=True)
             ]
-            zero = _zero_after(dys)
-            inputs = [v + tf.cast(zero, v.dtype) for v in values]
             eager = tf.executing_eagerly()
             graph = None if eager else tf.compat.v1.get_default_graph()
+            with tf.control_dependencies(None if eager else _gate.wait_for(graph)):
+                zero = _zero_after(dys)
+            inputs = [v + tf.cast(zero, v.dtype) for v in values]
             first_op = 0 if eager else len(graph.get_operations())
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(inputs)
@@ -137,17 +179,30 @@ def recompute_call(
                     autocast is not None,
                 ):
                     recomputed = tf.nest.flatten(call_with(inputs))
+            reads = []
             if not eager:
-                _warn_nondeterministic(
-                    graph.get_operations()[first_op:], owner, inner_layers, warned
-                )
+                new_ops = graph.get_operations()[first_op:]
+                _warn_nondeterministic(new_ops, owner, inner_layers, warned)
+                reads = [op for op in new_ops if op.type == "ReadVariableOp"]
             grads = tape.gradient(
                 recomputed,
                 inputs + variables,
                 output_gradients=dys,
                 unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
-            return grads[: len(inputs)], grads[len(inputs) :]
+            input_grads, variable_grads = grads[: len(inputs)], grads[len(inputs) :]
+            if not eager:
+                # The recomputed pass reads the weights during backprop. A weight
+                # whose own gradient does not need that read (W2 in x@W1@W2: dW2
+                # uses x@W1, the read of W2 only feeds the input gradient) could
+                # otherwise be updated by the optimizer before the read runs:
+                # automatic control dependencies do not order a read before a
+                # later write. Release the variable gradients only after every
+                # read of the recomputed pass. (XLA snapshots variables at entry.)
+                with tf.control_dependencies(reads):
+                    variable_grads = [tf.identity(g) for g in variable_grads]
+                _gate.finished(graph, grads)
+            return input_grads, variable_grads
 
         return outputs, grad_fn
 

@@ -68,9 +68,14 @@ def _install_patch() -> None:
 
 
 def _raw_value(variable):
-    """The variable's current value in its own dtype (no mixed-precision autocast)."""
+    """A copy of the variable's current value, in its own dtype (no autocast)."""
     with keras.src.backend.AutocastScope(None):
-        return tf.identity(variable.value)
+        value = tf.convert_to_tensor(variable.value)
+    # A real copy, as Keras' SeedGenerator.next does: a read can alias the
+    # variable's buffer, which the assignment that follows may update in place.
+    if value.dtype == tf.bool:
+        return tf.logical_and(value, True)
+    return value * tf.ones([], value.dtype)
 
 
 class AssignRecorder:
