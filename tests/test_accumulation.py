@@ -160,6 +160,34 @@ def test_micro_batches_equal_big_batch_xla(name):
     assert int(acc.iterations) == 3
 
 
+def test_sparse_embedding_gradients():
+    """Embedding gradients arrive as tf.IndexedSlices; they accumulate like dense ones."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 10, size=(K * B * 2, 3))
+    y = rng.normal(size=(K * B * 2, 2)).astype("float32")
+
+    def embedding_model():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential(
+            [keras.Input((3,), dtype="int32"), keras.layers.Embedding(10, 2), keras.layers.Flatten(),
+             keras.layers.Dense(2)]
+        )  # fmt: skip
+
+    model, ref_model = embedding_model(), embedding_model()
+    assert isinstance(_grads(model, ids[:B], y[:B])[0], tf.IndexedSlices)
+    acc = GradientAccumulator(keras.optimizers.SGD(0.5, momentum=0.9), K)
+    ref = keras.optimizers.SGD(0.5, momentum=0.9)
+    step = tf.function(lambda xb, yb: acc.apply(_grads(model, xb, yb), model.trainable_variables))
+    for u in range(2):
+        for i in range(K):
+            lo = (u * K + i) * B
+            step(ids[lo : lo + B], y[lo : lo + B])
+        lo = u * K * B
+        ref.apply(_grads(ref_model, ids[lo : lo + K * B], y[lo : lo + K * B]),
+                  ref_model.trainable_variables)  # fmt: skip
+    _assert_all_close(_values(model.trainable_variables), _values(ref_model.trainable_variables))
+
+
 def test_clipping_sees_the_mean_gradient_once():
     """Guard that the clip test can fail: clipping each micro-batch would differ."""
     x, y = _data(K * B)

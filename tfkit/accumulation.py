@@ -381,14 +381,19 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                 tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
             )
             finite = ops.equal(n_bad, 0.0)
-        for g, v in pairs:
-            accumulator = self._accumulators[self._get_variable_index(v)]
-            # Multiplying would turn nan * 0 into nan; select instead.
-            if isinstance(g, tf.IndexedSlices):
-                values = tf.where(finite, tf.cast(g.values, tf.float32), 0.0)
-                accumulator.value.scatter_add(tf.IndexedSlices(values, g.indices, g.dense_shape))
-            else:
-                accumulator.assign_add(tf.where(finite, tf.cast(g, tf.float32), 0.0))
+
+        def add():
+            for g, v in pairs:
+                accumulator = self._accumulators[self._get_variable_index(v)]
+                if isinstance(g, tf.IndexedSlices):
+                    accumulator.value.scatter_add(
+                        tf.IndexedSlices(tf.cast(g.values, tf.float32), g.indices, g.dense_shape)
+                    )
+                else:
+                    accumulator.assign_add(tf.cast(g, tf.float32))
+
+        # A branch, not a mask: no extra pass over the gradients, and nan * 0 is nan.
+        tf.cond(finite, add, lambda: None)
         step = ops.cast(finite, "int64")
         self._micro_step.assign_add(step)
         self._dropped.assign_add(1 - step)
