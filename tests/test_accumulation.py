@@ -339,6 +339,14 @@ def test_public_state_and_chain_convention():
     assert int(acc.dropped_micro_batches) == 0 and int(acc.iterations) == 0
 
 
+def test_raw_tf_variables_in_a_custom_loop():
+    w = tf.Variable([1.0, 2.0], name="w")
+    acc = GradientAccumulator(keras.optimizers.SGD(1.0), 2)
+    acc.apply([tf.constant([1.0, 1.0])], [w])
+    acc.apply([tf.constant([3.0, 1.0])], [w])
+    np.testing.assert_allclose(w.numpy(), [-1.0, 1.0])
+
+
 def test_accumulators_are_float32_for_float16_variables():
     model = _model(dtype="float16")
     acc = GradientAccumulator(keras.optimizers.SGD(0.1), K)
