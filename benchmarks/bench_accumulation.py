@@ -56,7 +56,7 @@ def _optimizer(kind):
 # ---------------------------------------------------------------- throughput
 
 
-def throughput(jit_compile: bool, batch: int = 32, samples: int = 2048, repeats: int = 7) -> str:
+def throughput(jit_compile: bool, batch: int = 32, samples: int = 2048, repeats: int = 9) -> str:
     import keras
     import numpy as np
     from harness import interleaved_medians, ratio_table
@@ -100,9 +100,9 @@ import numpy as np, keras, tensorflow as tf
 from bench_accumulation import _mlp, _optimizer
 kind, batch = {kind!r}, {batch}
 rng = np.random.default_rng(0)
-x = rng.normal(size=(4 * {big}, 64)).astype("float32")
-y = rng.integers(0, 10, size=(4 * {big},))
-model = _mlp(256, 16, 64)
+x = rng.normal(size=(2 * {big}, 32)).astype("float32")
+y = rng.integers(0, 10, size=(2 * {big},))
+model = _mlp(128, 32, 32)
 model.compile(optimizer=_optimizer(kind), jit_compile=False,
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 model.fit(x[:batch * 4], y[:batch * 4], batch_size=batch, epochs=1, verbose=0)  # build + trace
@@ -125,7 +125,7 @@ def _peak_bytes(kind: str, batch: int, big: int) -> int:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
 
 
-def peak_memory(micro: int = 1024) -> str:
+def peak_memory(micro: int = 2048) -> str:
     big = K * micro
     rows = {
         f"plain fit, batch 4b = {big}": _peak_bytes("plain", big, big),
@@ -135,7 +135,7 @@ def peak_memory(micro: int = 1024) -> str:
     }
     base = next(iter(rows))
     lines = [
-        f"### Peak memory (MLP 64-256x16-10, relu; fresh process per case, BFC allocator; "
+        f"### Peak memory (MLP 32-128x32-10, relu; fresh process per case, BFC allocator; "
         f"same effective batch {big})",
         "",
         f"| case | peak MiB | ratio vs `{base}` |",

@@ -160,6 +160,34 @@ def test_micro_batches_equal_big_batch_xla(name):
     assert int(acc.iterations) == 3
 
 
+def test_sparse_embedding_gradients():
+    """Embedding gradients arrive as tf.IndexedSlices; they accumulate like dense ones."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 10, size=(K * B * 2, 3))
+    y = rng.normal(size=(K * B * 2, 2)).astype("float32")
+
+    def embedding_model():
+        keras.utils.set_random_seed(3)
+        return keras.Sequential(
+            [keras.Input((3,), dtype="int32"), keras.layers.Embedding(10, 2), keras.layers.Flatten(),
+             keras.layers.Dense(2)]
+        )  # fmt: skip
+
+    model, ref_model = embedding_model(), embedding_model()
+    assert isinstance(_grads(model, ids[:B], y[:B])[0], tf.IndexedSlices)
+    acc = GradientAccumulator(keras.optimizers.SGD(0.5, momentum=0.9), K)
+    ref = keras.optimizers.SGD(0.5, momentum=0.9)
+    step = tf.function(lambda xb, yb: acc.apply(_grads(model, xb, yb), model.trainable_variables))
+    for u in range(2):
+        for i in range(K):
+            lo = (u * K + i) * B
+            step(ids[lo : lo + B], y[lo : lo + B])
+        lo = u * K * B
+        ref.apply(_grads(ref_model, ids[lo : lo + K * B], y[lo : lo + K * B]),
+                  ref_model.trainable_variables)  # fmt: skip
+    _assert_all_close(_values(model.trainable_variables), _values(ref_model.trainable_variables))
+
+
 def test_clipping_sees_the_mean_gradient_once():
     """Guard that the clip test can fail: clipping each micro-batch would differ."""
     x, y = _data(K * B)
@@ -309,6 +337,14 @@ def test_public_state_and_chain_convention():
     acc.apply([c], [w])
     assert int(acc.micro_step) == 1 and not bool(acc.last_step_updated)
     assert int(acc.dropped_micro_batches) == 0 and int(acc.iterations) == 0
+
+
+def test_raw_tf_variables_in_a_custom_loop():
+    w = tf.Variable([1.0, 2.0], name="w")
+    acc = GradientAccumulator(keras.optimizers.SGD(1.0), 2)
+    acc.apply([tf.constant([1.0, 1.0])], [w])
+    acc.apply([tf.constant([3.0, 1.0])], [w])
+    np.testing.assert_allclose(w.numpy(), [-1.0, 1.0])
 
 
 def test_accumulators_are_float32_for_float16_variables():
@@ -658,3 +694,48 @@ def test_mirrored_with_mixed_float16(mirrored_strategy):
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert acc.iterations.numpy() == 2 and acc.micro_step.numpy() == 0
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
+def test_mirrored_checkpoint_mid_window_restores_the_per_replica_sums(mirrored_strategy, tmp_path):
+    """Saving reads the sum of the replicas' partial sums; restoring must give the same update."""
+    x, y = _data(96)
+
+    def setup():
+        with mirrored_strategy.scope():
+            model = _model()
+            acc = GradientAccumulator(keras.optimizers.Adam(0.01), K)
+            acc.build(model.trainable_variables)
+
+        @tf.function
+        def step(batch):
+            def replica_fn(xb, yb):
+                with tf.GradientTape() as tape:
+                    per_example = tf.reduce_mean(tf.square(model(xb) - yb), axis=-1)
+                    loss = tf.nn.compute_average_loss(per_example, global_batch_size=8)
+                grads = tape.gradient(loss, model.trainable_variables)
+                acc.apply(grads, model.trainable_variables)
+
+            mirrored_strategy.run(replica_fn, args=batch)
+
+        return model, acc, step
+
+    batches = list(
+        mirrored_strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+        )
+    )
+    model, acc, step = setup()
+    for batch in batches[:6]:
+        step(batch)
+    path = tf.train.Checkpoint(model=model, optimizer=acc).save(str(tmp_path / "ckpt"))
+    for batch in batches[6:]:
+        step(batch)
+    expected = model.get_weights()
+
+    model2, acc2, step2 = setup()
+    tf.train.Checkpoint(model=model2, optimizer=acc2).restore(path).assert_consumed()
+    assert acc2.micro_step.numpy() == 2 and acc2.iterations.numpy() == 1
+    for batch in batches[6:]:
+        step2(batch)
+    assert acc2.iterations.numpy() == 3
+    _assert_all_close(model2.get_weights(), expected)

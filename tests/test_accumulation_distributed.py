@@ -48,7 +48,6 @@ def _single_device_reference():
     return model.get_weights()
 
 
-@pytest.mark.slow  # two fresh TensorFlow processes: ~30 s of CPU, over a minute on a busy machine
 def test_multi_worker_mirrored_equals_single_device(tmp_path, root):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}

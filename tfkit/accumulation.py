@@ -60,6 +60,12 @@ def _clip_like(optimizer, grads):
     return grads
 
 
+def _variable_name(variable) -> str:
+    # Keras variables have a unique ``path``; raw tf.Variables only a ``name``.
+    name = getattr(variable, "path", None) or variable.name
+    return name.replace("/", "_").replace(":", "_")
+
+
 def _all_finite(grads) -> tf.Tensor:
     flags = []
     for g in grads:
@@ -219,9 +225,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         # replica (saving) gives the sum of the accumulators and the first
         # replica's counters, which is what restoring needs.
         self._accumulators = [
-            self._local_variable(
-                (v.shape), "float32", "sum", f"{v.path.replace('/', '_')}_accumulator"
-            )
+            self._local_variable(v.shape, "float32", "sum", f"{_variable_name(v)}_accumulator")
             for v in var_list
         ]
         self._micro_step = self._local_variable((), "int64", "only_first_replica", "micro_step")
@@ -317,6 +321,9 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     # ---------------------------------------------------------------- update
 
+    # The graph code below uses explicit tf.cond and no Python control flow on
+    # tensors, so autograph has nothing to convert here.
+    @tf.autograph.experimental.do_not_convert
     def apply(self, grads, trainable_variables=None):
         """Add one micro-batch of gradients; apply the inner optimizer when a window closes."""
         if len(grads) == 0:
@@ -351,6 +358,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
             close = ops.greater_equal(self._micro_step, self.accumulation_steps)
             self._update_if(close, [v for _, v in pairs])
 
+    @tf.autograph.experimental.do_not_convert
     def flush(self) -> tf.Tensor:
         """Apply the partial window now, as one real update with the mean of its micro-batches.
 
@@ -381,14 +389,19 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                 tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
             )
             finite = ops.equal(n_bad, 0.0)
-        for g, v in pairs:
-            accumulator = self._accumulators[self._get_variable_index(v)]
-            # Multiplying would turn nan * 0 into nan; select instead.
-            if isinstance(g, tf.IndexedSlices):
-                values = tf.where(finite, tf.cast(g.values, tf.float32), 0.0)
-                accumulator.value.scatter_add(tf.IndexedSlices(values, g.indices, g.dense_shape))
-            else:
-                accumulator.assign_add(tf.where(finite, tf.cast(g, tf.float32), 0.0))
+
+        def add():
+            for g, v in pairs:
+                accumulator = self._accumulators[self._get_variable_index(v)]
+                if isinstance(g, tf.IndexedSlices):
+                    accumulator.value.scatter_add(
+                        tf.IndexedSlices(tf.cast(g.values, tf.float32), g.indices, g.dense_shape)
+                    )
+                else:
+                    accumulator.assign_add(tf.cast(g, tf.float32))
+
+        # A branch, not a mask: no extra pass over the gradients, and nan * 0 is nan.
+        tf.cond(finite, add, lambda: None)
         step = ops.cast(finite, "int64")
         self._micro_step.assign_add(step)
         self._dropped.assign_add(1 - step)
