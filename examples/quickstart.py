@@ -25,10 +25,12 @@ import os
 import pathlib
 import time
 
-# Before TensorFlow starts: quiet logs, and the BFC allocator so that peak
-# memory on CPU can be read (tf.config.experimental.get_memory_info).
+# Before TensorFlow starts: quiet logs, and (when run as a program) the BFC
+# allocator, so that peak memory on CPU can be read. Imported as a module,
+# TensorFlow may already be running: leave the environment alone.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -105,6 +107,21 @@ def _plots(history: dict, schedule, steps: int, out: pathlib.Path) -> list[pathl
     return paths
 
 
+def _peak_memory_bytes() -> int | None:
+    """Peak bytes allocated on the first GPU, else the CPU; None where not measurable."""
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    try:
+        return int(tf.config.experimental.get_memory_info(device)["peak"])
+    except ValueError:  # CPU without TF_CPU_ALLOCATOR_USE_BFC=true at start-up
+        return None
+
+
+def _format_peak(mib: float | None) -> str:
+    if mib is None:
+        return "not measurable (start with TF_CPU_ALLOCATOR_USE_BFC=true)"
+    return f"{mib:.1f} MiB"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
@@ -148,7 +165,7 @@ def main(argv=None) -> dict:
         )
         seconds = time.perf_counter() - start
         _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    peak = _peak_memory_bytes()
     plots = _plots(history.history, schedule, total_updates, args.output_dir)
     summary = {
         "test_accuracy": float(test_accuracy),
@@ -156,7 +173,7 @@ def main(argv=None) -> dict:
         "effective_batch": args.micro_batch * args.accumulation,
         "updates": int(optimizer.iterations),
         "precision": policy.name,
-        "peak_memory_mib": peak / 2**20,
+        "peak_memory_mib": None if peak is None else peak / 2**20,
         "train_seconds": seconds,
         "history_csv": str(history_csv),
         "plots": [str(p) for p in plots],
@@ -167,7 +184,7 @@ def main(argv=None) -> dict:
         f"effective batch  {summary['effective_batch']} = {args.micro_batch} x {args.accumulation} "
         f"accumulated; {summary['updates']} updates\n"
         f"precision        {policy.name} ({policy.reason})\n"
-        f"peak memory      {summary['peak_memory_mib']:.1f} MiB (CPU, BFC allocator)\n"
+        f"peak memory      {_format_peak(summary['peak_memory_mib'])}\n"
         f"train time       {seconds:.1f} s\n"
         f"outputs          {args.output_dir}/ (history.csv, learning_rate.png, momentum.png, loss.png)"
     )
