@@ -7,28 +7,15 @@ batches (float32, rtol 1e-5), including ``flush()`` of the last partial window.
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+from multiworker import run_workers
 
 HERE = pathlib.Path(__file__).resolve().parent
 TIMEOUT_S = 240
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _single_device_reference():
@@ -49,40 +36,12 @@ def _single_device_reference():
 
 
 def test_multi_worker_mirrored_equals_single_device(tmp_path, root):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for index in range(2):
-        env = dict(
-            os.environ,
-            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-            PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-            TF_CPP_MIN_LOG_LEVEL="3",
-            CUDA_VISIBLE_DEVICES="",
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(HERE / "mw_worker_accumulation.py"),
-                    str(tmp_path / f"w{index}.npz"),
-                ],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=TIMEOUT_S)[0].decode(errors="replace"))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
+    run_workers(
+        str(HERE / "mw_worker_accumulation.py"),
+        lambda index: [str(tmp_path / f"w{index}.npz")],
+        root=root,
+        timeout=TIMEOUT_S,
+    )
 
     expected = _single_device_reference()
     for index in range(2):
