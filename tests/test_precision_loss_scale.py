@@ -575,13 +575,7 @@ def test_around_tfkit_gradient_accumulator(distributed, request):
 
 _MULTI_WORKER_SCRIPT = """
 import json, os, sys
-index, ports, out, root = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3], sys.argv[4]
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-os.environ["TF_CONFIG"] = json.dumps({
-    "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-    "task": {"type": "worker", "index": index},
-})
-sys.path.insert(0, root)
+index, out = json.loads(os.environ["TF_CONFIG"])["task"]["index"], sys.argv[1]
 import keras, numpy as np, tensorflow as tf
 from tfkit.precision.loss_scale_optimizer import LossScaleOptimizer
 
@@ -619,29 +613,12 @@ def test_multi_worker_overflow_on_one_worker_skips_on_both(tmp_path, root):
     enters the all-reduce alone and the collective aborts.
     """
     import json
-    import socket
-    import subprocess
-    import sys
 
-    sockets = [socket.socket() for _ in range(2)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = ",".join(str(s.getsockname()[1]) for s in sockets)
-    for s in sockets:
-        s.close()
+    from multiworker import run_workers
+
     script = tmp_path / "worker.py"
     script.write_text(_MULTI_WORKER_SCRIPT)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(i), ports, str(tmp_path / f"{i}.json"), str(root)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    for p in procs:
-        output, _ = p.communicate(timeout=240)
-        assert p.returncode == 0, output.decode()[-2000:]
+    run_workers(str(script), lambda i: [str(tmp_path / f"{i}.json")], root=root)
     for i in range(2):
         rows = json.loads((tmp_path / f"{i}.json").read_text())
         # step 1: mean gradient [2, 1], lr 0.5; step 2: skipped everywhere, scale halved.
