@@ -27,6 +27,7 @@ def test_info_reports_versions_devices_xla(capsys):
     assert "CPU:0" in out
     assert "xla         usable" in out
     assert "mixed_float16" in out and "mixed_bfloat16" in out
+    assert "auto policy     float32" in out  # no GPU here
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], ["info", "--bogus"], []])

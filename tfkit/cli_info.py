@@ -65,4 +65,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"xla         {'usable' if ok else 'NOT usable'} ({why})")
     for policy, verdict in precision_support(devices).items():
         print(f"{policy:15s} {verdict}")
+    from tfkit.precision import auto_policy
+
+    name, reason = auto_policy(devices)
+    print(f"{'auto policy':15s} {name} ({reason})")
     return 0
