@@ -254,3 +254,42 @@ def test_callback_after_a_plain_fit_uses_the_wrapper():
             w = w - multiplier * numpy_cosine(k) * (2.0 / 4 * xb.T @ (xb @ w - yb))
             k += 1
     np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5, atol=1e-6)
+
+
+def numpy_one_cycle(step, max_lr=0.1, total=12, pct_start=0.3, div=25.0, final_div=1e4):
+    """PyTorch OneCycleLR (two phases, cos) written independently."""
+    initial, minimum = max_lr / div, max_lr / div / final_div
+    end1 = pct_start * total - 1
+    step = min(step, total - 1)
+
+    def cos_anneal(start, end, pct):
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+    if step <= end1:
+        return cos_anneal(initial, max_lr, step / end1)
+    return cos_anneal(max_lr, minimum, (step - end1) / (total - 1 - end1))
+
+
+def test_on_one_cycle_through_gradient_accumulator_in_fit():
+    """Plateau multiplier on OneCycle, with the schedule stepped by real updates (k=2)."""
+    from tfkit.accumulation import GradientAccumulator
+    from tfkit.schedules import OneCycle
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = rng.normal(size=(8, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(GradientAccumulator(keras.optimizers.SGD(OneCycle(0.1, 12)), 2), "mse")
+    w = model.get_weights()[0].astype("float64")
+    cb = ReduceLROnPlateau(factor=0.5, patience=2, min_delta=0.0)
+    model.fit(x, y, batch_size=2, epochs=6, shuffle=False, verbose=0,
+              callbacks=[_Scripted([1.0] * 6), cb])
+    assert cb.multiplier == 0.25
+    multipliers = [1.0, 1.0, 1.0, 0.5, 0.5, 0.25]  # as in the cosine test above
+    k = 0
+    for epoch in range(6):
+        for i in (0, 4):  # two real updates an epoch, each the mean over 2 micro-batches of 2
+            xb, yb = x[i:i + 4].astype("float64"), y[i:i + 4].astype("float64")
+            w = w - multipliers[epoch] * numpy_one_cycle(k) * (2.0 / 4 * xb.T @ (xb @ w - yb))
+            k += 1
+    np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5, atol=1e-6)
