@@ -15,6 +15,8 @@ so the next ``on_train_begin`` keeps it; a callback reused after a completed
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 
@@ -61,3 +63,30 @@ class CallbackState(tf.Module):
 
     def end(self) -> None:
         self.in_progress.assign(0)
+
+
+class MonitorStateMixin:
+    """Keras-compatible read-only views of a monitoring callback's ``self.state``.
+
+    Shared by ``EarlyStopping`` and ``ReduceLROnPlateau``: both keep ``wait``
+    and ``best`` (NaN meaning "none yet") in a :class:`CallbackState`.
+    """
+
+    state: CallbackState
+
+    @property
+    def wait(self) -> int:
+        return self.state.get("wait")
+
+    @property
+    def best(self) -> float | None:
+        best = self.state.get("best")
+        return None if math.isnan(best) else best
+
+    def get_state(self) -> dict:
+        """Scalar state as a dict (``wait``, ``best``, ...); see ``set_state``."""
+        return self.state.as_dict()
+
+    def set_state(self, state: dict) -> None:
+        """Load a dict from ``get_state``; the next ``on_train_begin`` resumes from it if it was mid-run."""
+        self.state.load_dict(state)

@@ -9,13 +9,13 @@ import keras
 
 from tfkit.callbacks import _monitor
 from tfkit.callbacks._snapshot import STORAGES, DeviceSnapshot, DiskSnapshot
-from tfkit.callbacks._state import CallbackState
+from tfkit.callbacks._state import CallbackState, MonitorStateMixin
 
 __all__ = ["EarlyStopping"]
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
-class EarlyStopping(keras.callbacks.Callback):
+class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
     """Stop training when a monitored quantity has stopped improving.
 
     A drop-in for ``keras.callbacks.EarlyStopping`` (same arguments, same
@@ -132,29 +132,12 @@ class EarlyStopping(keras.callbacks.Callback):
 
     # Keras-compatible read-only views of the state.
     @property
-    def wait(self) -> int:
-        return self.state.get("wait")
-
-    @property
-    def best(self) -> float | None:
-        best = self.state.get("best")
-        return None if math.isnan(best) else best
-
-    @property
     def best_epoch(self) -> int:
         return self.state.get("best_epoch")
 
     @property
     def stopped_epoch(self) -> int:
         return self.state.get("stopped_epoch")
-
-    def get_state(self) -> dict:
-        """Scalar state as a dict (``wait``, ``best``, ``best_epoch``, ...); see ``set_state``."""
-        return self.state.as_dict()
-
-    def set_state(self, state: dict) -> None:
-        """Load a dict from ``get_state``; the next ``on_train_begin`` resumes from it if it was mid-run."""
-        self.state.load_dict(state)
 
     def _bind_snapshot(self):
         if isinstance(self._snapshot, DeviceSnapshot):

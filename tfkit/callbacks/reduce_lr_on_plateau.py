@@ -17,14 +17,14 @@ from tfkit.callbacks._optimizer_access import (
     refresh_train_function,
     to_numpy,
 )
-from tfkit.callbacks._state import CallbackState
+from tfkit.callbacks._state import CallbackState, MonitorStateMixin
 from tfkit.callbacks.scaled_schedule import ScaledSchedule
 
 __all__ = ["ReduceLROnPlateau"]
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
-class ReduceLROnPlateau(keras.callbacks.Callback):
+class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
     """Reduce the learning rate when a monitored quantity stops improving.
 
     Keras' ``ReduceLROnPlateau`` raises ``TypeError`` when the optimizer's
@@ -127,15 +127,6 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
         self._scaled = None
 
     @property
-    def wait(self) -> int:
-        return self.state.get("wait")
-
-    @property
-    def best(self) -> float | None:
-        best = self.state.get("best")
-        return None if math.isnan(best) else best
-
-    @property
     def cooldown_counter(self) -> int:
         return self.state.get("cooldown_counter")
 
@@ -143,12 +134,6 @@ class ReduceLROnPlateau(keras.callbacks.Callback):
     def multiplier(self) -> float:
         """Product of the reductions applied on top of a schedule (1.0 for a float rate)."""
         return self.state.get("multiplier")
-
-    def get_state(self) -> dict:
-        return self.state.as_dict()
-
-    def set_state(self, state: dict) -> None:
-        self.state.load_dict(state)
 
     def on_train_begin(self, logs=None):
         resuming = self.state.begin()
