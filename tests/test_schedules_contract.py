@@ -278,7 +278,7 @@ def _fit_params(fast):
     return [n if n in fast else pytest.param(n, marks=_SLOW) for n in NAMES]
 
 
-@pytest.mark.parametrize("name", _fit_params(FAST_FIT))
+@pytest.mark.parametrize("name", NAMES)  # every schedule, in CI too (about 1 s each)
 def test_model_fit_uses_schedule_at_each_update(name):
     schedule = CASES[name]()
     used = _fit_and_record(_lr_probe_model(schedule), 36)
