@@ -256,17 +256,6 @@ class _RecordRate(keras.callbacks.Callback):
         kernel.assign(tf.zeros_like(kernel))
 
 
-# One case per class runs in the default suite; the variants are slow cases.
-FAST_FIT = {
-    "CosineDecayRestarts_warmup",
-    "Cyclic_triangular2",
-    "NaturalExpDecay",
-    "OneCycle",
-    "PiecewiseConstantDecay",
-    "Warmup_Join_nested",
-}
-
-
 # The variants run in `make test-full` (TFKIT_FULL=1) and are marked slow.
 _SLOW = [
     pytest.mark.slow,
