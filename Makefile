@@ -11,8 +11,8 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 
 help:
 	@echo "make demo       train the quickstart example on offline digits data"
-	@echo "make test       ruff + the test suite without the slow cases (CI runs this)"
-	@echo "make test-full  the whole suite: slow cases and the full composition matrix too"
+	@echo "make test       ruff + the whole test suite (CI runs this)"
+	@echo "make test-full  also the full composition matrix and every schedule variant (TFKIT_FULL=1)"
 	@echo "make bench      ratio benchmarks (side by side, medians of repeats)"
 	@echo "make lint       ruff check"
 
@@ -36,11 +36,11 @@ demo: $(VENV)/.installed-examples
 
 test: $(VENV)/.installed-test+examples+tuner
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS) -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-full: $(VENV)/.installed-test+examples+tuner
 	$(BIN)/ruff check .
-	TFKIT_FULL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)  # slow cases included
+	TFKIT_FULL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)  # full matrix and variants
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
