@@ -35,6 +35,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 BATCH, WIDTH, HIDDEN, BLOCKS = 512, 128, 512, 16
@@ -119,27 +120,9 @@ def _child(jit: bool, repeats: int) -> dict:
     for name, step in cases.items():
         memory[name] = peak_memory(step, warmup=2).to_dict()
     wall = interleaved_medians(cases, repeats=repeats, warmup=1)
-    cpu = _interleaved_cpu_medians(cases, repeats)
+    # CPU time of all threads: the work the step does, whatever else the machine runs.
+    cpu = interleaved_medians(cases, repeats=repeats, warmup=0, clock=time.process_time)
     return {"memory": memory, "wall": wall, "cpu": cpu}
-
-
-def _interleaved_cpu_medians(cases, repeats):
-    """Like harness.interleaved_medians, but process CPU time (all threads).
-
-    On a shared, overloaded machine wall time mostly measures the other
-    processes; CPU time measures the work this step does (it cannot show lost
-    parallelism, which wall time on an idle machine does).
-    """
-    import statistics
-    import time
-
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            t0 = time.process_time()
-            fn()
-            times[name].append(time.process_time() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _with_identity_n_barrier(block, core):
