@@ -42,7 +42,7 @@ def _mlp(width, depth, inputs, outputs=10):
 def _optimizer(kind):
     import keras
 
-    from tfkit.accumulation import GradientAccumulator
+    from tfkit.optimizers import GradientAccumulator
 
     if kind == "plain":
         return keras.optimizers.Adam(1e-3)

@@ -16,7 +16,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfkit.accumulation import GradientAccumulator  # noqa: E402
+from tfkit.optimizers import GradientAccumulator  # noqa: E402
 
 GLOBAL_BATCH = 8
 K = 4

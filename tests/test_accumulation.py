@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfkit.accumulation import GradientAccumulator
-from tfkit.optimizers import innermost, optimizer_chain
+from tfkit.optimizers import GradientAccumulator, innermost, optimizer_chain
 
 RTOL = 1e-5  # float32, sums of 4 micro-batch means vs one big-batch mean
 ATOL = 1e-6
@@ -311,9 +310,9 @@ def test_loss_scale_factor_is_the_inner_one():
 def test_docstring_examples_run():
     import doctest
 
-    import tfkit.accumulation
+    import tfkit.optimizers.gradient_accumulator
 
-    result = doctest.testmod(tfkit.accumulation, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(tfkit.optimizers.gradient_accumulator, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 5 and result.failed == 0
 
 

@@ -24,7 +24,7 @@ def _single_device_reference():
         import mw_worker_accumulation as worker
     finally:
         sys.path.remove(str(HERE))
-    from tfkit.accumulation import GradientAccumulator
+    from tfkit.optimizers import GradientAccumulator
 
     x, y = worker.data()
     model = worker.build_model()

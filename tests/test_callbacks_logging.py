@@ -117,7 +117,7 @@ def test_bad_input_and_config():
 
 
 def test_gradient_accumulator_state_logged():
-    from tfkit.accumulation import GradientAccumulator
+    from tfkit.optimizers import GradientAccumulator
 
     x, y = _data(12)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])

@@ -272,7 +272,7 @@ def numpy_one_cycle(step, max_lr=0.1, total=12, pct_start=0.3, div=25.0, final_d
 
 def test_on_one_cycle_through_gradient_accumulator_in_fit():
     """Plateau multiplier on OneCycle, with the schedule stepped by real updates (k=2)."""
-    from tfkit.accumulation import GradientAccumulator
+    from tfkit.optimizers import GradientAccumulator
     from tfkit.schedules import OneCycle
 
     rng = np.random.default_rng(1)

@@ -542,8 +542,8 @@ def test_around_an_accumulating_optimizer_in_fit(jit_compile):
     "distributed", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["single", "mirrored"]
 )
 def test_around_tfkit_gradient_accumulator(distributed, request):
-    """LossScaleOptimizer(GradientAccumulator(inner)): runs once tfkit.accumulation is merged."""
-    accumulation = pytest.importorskip("tfkit.accumulation")
+    """LossScaleOptimizer(GradientAccumulator(inner)): the right wrapping order."""
+    from tfkit import optimizers as accumulation
     strategy = (
         request.getfixturevalue("mirrored_strategy")
         if distributed

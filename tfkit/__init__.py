@@ -24,7 +24,7 @@ from tfkit import (
     tuning,
 )
 from tfkit._version import __version__
-from tfkit.accumulation import GradientAccumulator
+from tfkit.optimizers import GradientAccumulator
 from tfkit.precision import LossScaleOptimizer
 from tfkit.recompute import Recompute, recompute_sequential
 from tfkit.training import TrainStep

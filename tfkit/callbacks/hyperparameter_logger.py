@@ -59,7 +59,7 @@ class HyperparameterLogger(keras.callbacks.Callback):
       wrapper chain (``inner_optimizer``): by default ``loss_scale`` and
       ``skipped_steps`` (tfkit's ``LossScaleOptimizer``), ``dynamic_scale``
       (Keras' one), ``accumulation_steps``, ``micro_step`` and
-      ``dropped_micro_batches`` (``tfkit.accumulation.GradientAccumulator``).
+      ``dropped_micro_batches`` (``tfkit.optimizers.GradientAccumulator``).
 
     History, CSVLogger and TensorBoard read the same ``logs`` dict *after*
     this callback only if it comes first: put it before them in

@@ -120,7 +120,7 @@ _keras_accumulator.counts_micro_batches = True
 
 def _default_accumulator():
     try:
-        from tfkit.accumulation import GradientAccumulator
+        from tfkit.optimizers import GradientAccumulator
     except ImportError:
         return _keras_accumulator
     return lambda optimizer, steps: GradientAccumulator(optimizer, accumulation_steps=steps)
