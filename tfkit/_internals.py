@@ -91,3 +91,16 @@ def symbolic_build(model, data_batch) -> bool:
 def bound(function, obj):
     """``function`` bound to ``obj`` as a method (for :func:`wrap_method` wrappers)."""
     return types.MethodType(function, obj)
+
+
+def learning_rate_is_constant(optimizer) -> bool:
+    """True when the optimizer's rate is a variable (a float), not a schedule or a callable.
+
+    Keras keeps the object behind ``learning_rate`` in ``_learning_rate``
+    (Keras 3.0 through 3.15); the public property only returns its value.
+    Read-only use: ``EpochScheduler`` replaces a constant rate, but multiplies
+    a step schedule.
+    """
+    import keras
+
+    return isinstance(optimizer._learning_rate, keras.Variable)

@@ -390,7 +390,8 @@ def attach(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(f"`optimizer` must be a keras.optimizers.Optimizer; received {optimizer!r}.")
     _attached[model] = optimizer
-    control(optimizer)
+    if parameter_groups(optimizer):  # a MultiOptimizer with a selector function knows its groups once built
+        control(optimizer)
 
 
 def attached_optimizer(model) -> keras.optimizers.Optimizer | None:
