@@ -61,7 +61,7 @@ import keras
 import tensorflow as tf
 
 from tfkit import _internals
-from tfkit.optimizers.tree import parameter_groups
+from tfkit.optimizers.tree import _children, parameter_groups, walk
 
 __all__ = [
     "HyperparameterState",
@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 STATE_ATTRIBUTE = "tfkit_hyperparameters"
+GROUPS_ATTRIBUTE = "tfkit_hyperparameter_groups"
 _local = threading.local()
 
 
@@ -374,7 +375,32 @@ def control(optimizer: keras.optimizers.Optimizer) -> dict[str, HyperparameterSt
             _internals.wrap_method(leaf, "apply", _make_apply)
             _internals.wrap_method(leaf, _internals.current_learning_rate_attribute(), _make_rate)
         states[name] = state
+    _track_groups(optimizer, states)
     return states
+
+
+class _GroupStates(tf.Module):
+    """The states of a ``MultiOptimizer``'s groups, as checkpoint dependencies of that optimizer.
+
+    Keras' ``MultiOptimizer`` (3.15) does not make its sub-optimizers
+    checkpoint dependencies, so ``tf.train.Checkpoint(optimizer=multi)`` would
+    not reach a state attached to a sub-optimizer only.
+    """
+
+    def __init__(self, states: dict):
+        super().__init__(name="tfkit_hyperparameter_groups")
+        for name, state in states.items():
+            setattr(self, name, state)
+
+
+def _track_groups(optimizer, states: dict) -> None:
+    by_leaf = {id(state.optimizer): (name, state) for name, state in states.items()}
+    for node in walk(optimizer):
+        children = _children(node)
+        if len(children) > 1 or (children and not hasattr(node, "inner_optimizer")):
+            if not isinstance(getattr(node, GROUPS_ATTRIBUTE, None), _GroupStates):
+                mine = dict(by_leaf[id(leaf)] for leaf in walk(node) if id(leaf) in by_leaf)
+                setattr(node, GROUPS_ATTRIBUTE, _GroupStates(mine))
 
 
 # -- which optimizer a model trains with (custom loops) --------------------------------
