@@ -113,6 +113,7 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
         )
         self._direction = None
         self._groups = {}
+        self._last_step, self._since_update = None, 1.0
 
     @property
     def cooldown_counter(self) -> int:
@@ -162,7 +163,12 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
         self.state.set("cooldown_counter", cooldown_counter)
 
     def _reduce(self, epoch) -> bool:
-        largest = max(state.learning_rate() for state in self._groups.values())
+        # The current rate is the one the last update applied, times the
+        # reductions made since that update (recorded state, no schedule evaluation).
+        step = max(int(state.applied_step.numpy()) for state in self._groups.values())
+        if step != self._last_step:
+            self._last_step, self._since_update = step, 1.0
+        largest = self._since_update * max(state.learning_rate() for state in self._groups.values())
         if not largest > np.float32(self.min_lr):
             return False
         factor = max(self.factor, self.min_lr / largest)
@@ -171,6 +177,7 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
             if not (math.isfinite(multiplier) and multiplier > 0):
                 raise ValueError(f"ReduceLROnPlateau: the learning-rate multiplier became {multiplier!r}.")
             state.learning_rate_multiplier.assign(multiplier)
+        self._since_update *= factor
         self.state.set("multiplier", self.multiplier * factor)
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing the learning rate(s) by {factor:g} "

@@ -203,6 +203,14 @@ class HyperparameterState(tf.Module):
         """Host value of the rate applied by the last real update (install-time rate before any)."""
         return float(self.applied_learning_rate.numpy())
 
+    def next_learning_rate(self) -> float:
+        """Host value of the rate the next update would apply (evaluates the schedule; for inspection)."""
+        override = float(self.learning_rate_override.numpy())
+        if not math.isnan(override):
+            return override
+        keras_rate = tf.cast(tf.convert_to_tensor(_internals.base_current_learning_rate(self.optimizer)), tf.float32)
+        return float((keras_rate * self.learning_rate_multiplier * self.epoch_scale).numpy())
+
     def momentum(self) -> float | None:
         """Host value of the scheduled momentum/beta_1 applied last, or the plain float, or None."""
         optimizer = self.optimizer
