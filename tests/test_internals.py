@@ -10,10 +10,17 @@ import keras
 from tfkit import _internals, _recompute_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONTROL_PLANE = ["tfkit/optimizers/tree.py", "tfkit/optimizers/hyperparameters.py",
-                 "tfkit/optimizers/layerwise_decay.py", "tfkit/callbacks/momentum.py",
-                 "tfkit/callbacks/reduce_lr_on_plateau.py", "tfkit/callbacks/hyperparameter_logger.py",
-                 "tfkit/callbacks/epoch_scheduler.py", "tfkit/tuning/lr_find.py", "tfkit/tuning/_state.py"]
+CONTROL_PLANE = [
+    "tfkit/optimizers/tree.py",
+    "tfkit/optimizers/hyperparameters.py",
+    "tfkit/optimizers/layerwise_decay.py",
+    "tfkit/callbacks/momentum.py",
+    "tfkit/callbacks/reduce_lr_on_plateau.py",
+    "tfkit/callbacks/hyperparameter_logger.py",
+    "tfkit/callbacks/epoch_scheduler.py",
+    "tfkit/tuning/lr_find.py",
+    "tfkit/tuning/_state.py",
+]
 
 
 def test_assign_hook_is_installed_only_while_recording():
@@ -37,10 +44,26 @@ def test_control_plane_uses_no_internals_outside_the_seam():
         tree = ast.parse((ROOT / rel).read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                assert not any(n.startswith(("keras.src", "tensorflow.python")) for n in names), (rel, names)
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                )
+                assert not any(n.startswith(("keras.src", "tensorflow.python")) for n in names), (
+                    rel,
+                    names,
+                )
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 owner = node.value
                 # self._x / cls._x / a module-level _helper are the module's own.
-                own = isinstance(owner, ast.Name) and owner.id in {"self", "cls", "_internals", "state"}
+                own = isinstance(owner, ast.Name) and owner.id in {
+                    "self",
+                    "cls",
+                    "_internals",
+                    "state",
+                }
                 assert own, f"{rel}:{node.lineno}: .{node.attr} on {ast.unparse(owner)}"

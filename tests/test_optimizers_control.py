@@ -73,7 +73,9 @@ class KernelRecorder(keras.callbacks.Callback):
             self.model.get_layer(n).kernel.assign(np.zeros((1, 1), "float32"))
 
     def on_train_batch_end(self, batch, logs=None):
-        self.values.append([-float(self.model.get_layer(n).kernel.numpy()[0, 0]) for n in ("a", "b")])
+        self.values.append(
+            [-float(self.model.get_layer(n).kernel.numpy()[0, 0]) for n in ("a", "b")]
+        )
 
     def applied(self):
         """Per micro-batch, the rate each group applied (0 where no update happened)."""
@@ -86,7 +88,9 @@ def make_optimizer(groups: str, wrapper: str, base_a, base_b=0.01):
     else:
         sgd_a = keras.optimizers.SGD(base_a, name="sgd_a")
         sgd_b = keras.optimizers.SGD(base_b, name="sgd_b")
-        leaf = keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(sgd_b, {"a/.*": sgd_a}))
+        leaf = keras.optimizers.MultiOptimizer(
+            keras.optimizers.OptimizerMap(sgd_b, {"a/.*": sgd_a})
+        )
     if wrapper == "ga2":
         return tfkit.GradientAccumulator(leaf, 2)
     if wrapper == "lso":
@@ -110,8 +114,14 @@ def test_epoch_plateau_logger_applied_rates_per_group(groups, wrapper):
     recorder = KernelRecorder()
     plateau = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)
     logger = HyperparameterLogger()
-    history = model.fit(*data(), batch_size=BATCH, epochs=4, shuffle=False, verbose=0,
-                        callbacks=[recorder, EpochScheduler(epoch_schedule()), plateau, logger])
+    history = model.fit(
+        *data(),
+        batch_size=BATCH,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder, EpochScheduler(epoch_schedule()), plateau, logger],
+    )
     k = ACCUMULATION[wrapper]
     applied = recorder.applied()
     reductions = [0, 0, 1, 2]  # first epoch sets `best`; every later epoch end reduces
@@ -142,10 +152,24 @@ def test_epoch_scheduler_multiplies_a_step_schedule_and_resumes():
     model.compile(keras.optimizers.SGD(step_schedule), linear_loss)
     recorder = KernelRecorder()
     scheduler = EpochScheduler(epoch_schedule())
-    model.fit(*data(), batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[recorder, scheduler])
+    model.fit(
+        *data(),
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder, scheduler],
+    )
     # Resume at epoch 2 in a new fit: the epoch rate is schedule(2), the step schedule continues.
-    model.fit(*data(), batch_size=BATCH, epochs=4, initial_epoch=2, shuffle=False, verbose=0,
-              callbacks=[recorder, scheduler])
+    model.fit(
+        *data(),
+        batch_size=BATCH,
+        epochs=4,
+        initial_epoch=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder, scheduler],
+    )
     applied = recorder.applied()[:, 0]
     want = [EPOCH_RATES[s // 4] * 0.5**s for s in range(16)]
     np.testing.assert_allclose(applied, want, rtol=RTOL)
@@ -156,8 +180,14 @@ def test_epoch_scheduler_under_accumulation_uses_the_epoch_of_the_applied_update
     model = linear_model()
     model.compile(tfkit.GradientAccumulator(keras.optimizers.SGD(0.1), 3), linear_loss)
     recorder = KernelRecorder()
-    model.fit(*data(), batch_size=BATCH, epochs=4, shuffle=False, verbose=0,
-              callbacks=[recorder, EpochScheduler(epoch_schedule())])
+    model.fit(
+        *data(),
+        batch_size=BATCH,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder, EpochScheduler(epoch_schedule())],
+    )
     applied = recorder.applied()[:, 0]
     micro = np.arange(16)
     want = np.where((micro + 1) % 3 == 0, [EPOCH_RATES[m // 4] for m in micro], 0.0)
@@ -170,14 +200,23 @@ def test_tensorboard_and_history_agree_in_both_orders(tmp_path, order, groups):
     pytest.importorskip("tensorboard")  # tf.summary needs it; not a tfkit dependency
     model = linear_model()
     if groups == "single":
-        optimizer = keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.9), name="sgd_a")
+        optimizer = keras.optimizers.SGD(
+            keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.9), name="sgd_a"
+        )
     else:
-        optimizer = make_optimizer("multi", "plain", keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.9))
+        optimizer = make_optimizer(
+            "multi", "plain", keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.9)
+        )
     model.compile(optimizer, linear_loss)
     board = keras.callbacks.TensorBoard(str(tmp_path))
-    ours = [HyperparameterLogger(), ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)]
+    ours = [
+        HyperparameterLogger(),
+        ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9),
+    ]
     callbacks = [board, *ours] if order == "tensorboard_first" else [*ours, board]
-    history = model.fit(*data(), batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=callbacks)
+    history = model.fit(
+        *data(), batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=callbacks
+    )
     scalars = {}
     for path in glob.glob(os.path.join(str(tmp_path), "train", "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
@@ -188,12 +227,16 @@ def test_tensorboard_and_history_agree_in_both_orders(tmp_path, order, groups):
     if groups == "single":
         pairs = [("epoch_learning_rate", "learning_rate")]
     else:  # Keras' TensorBoard names them learning_rate_<name>, tfkit learning_rate/<name>
-        pairs = [("epoch_learning_rate_sgd_a", "learning_rate/sgd_a"),
-                 ("epoch_learning_rate_sgd_b", "learning_rate/sgd_b")]
+        pairs = [
+            ("epoch_learning_rate_sgd_a", "learning_rate/sgd_a"),
+            ("epoch_learning_rate_sgd_b", "learning_rate/sgd_b"),
+        ]
     for tag, key in pairs:
         board_values = [scalars[tag][e] for e in range(3)]
         np.testing.assert_allclose(board_values, history.history[key], rtol=RTOL)
-    expected = 0.1 * 0.9 ** np.array([3, 7, 11]) * 0.5 ** np.array([0, 0, 1])  # last update of each epoch
+    expected = (
+        0.1 * 0.9 ** np.array([3, 7, 11]) * 0.5 ** np.array([0, 0, 1])
+    )  # last update of each epoch
     np.testing.assert_allclose(history.history[pairs[0][1]], expected, rtol=1e-5)
 
 
@@ -201,9 +244,12 @@ def test_callbacks_add_no_trace_and_later_fits_do_not_retrace():
     model = linear_model()
     model.compile(make_optimizer("multi", "ga2", 0.1), linear_loss, jit_compile=True)
     TraceCounter.traces = 0
-    callbacks = [MomentumScheduler(keras.optimizers.schedules.PolynomialDecay(0.9, 8, 0.8)),
-                 EpochScheduler(epoch_schedule()), HyperparameterLogger(),
-                 ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)]
+    callbacks = [
+        MomentumScheduler(keras.optimizers.schedules.PolynomialDecay(0.9, 8, 0.8)),
+        EpochScheduler(epoch_schedule()),
+        HyperparameterLogger(),
+        ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9),
+    ]
     model.optimizer.inner_optimizer.optimizers[0].momentum = 0.9
     model.optimizer.inner_optimizer.optimizers[1].momentum = 0.9
     model.fit(*data(), batch_size=BATCH, epochs=3, verbose=0, callbacks=callbacks)
@@ -224,10 +270,17 @@ def test_momentum_per_group_dict_and_logged():
         sub.momentum = 0.5
     model.compile(opt, linear_loss)
     schedule_a = keras.optimizers.schedules.PolynomialDecay(0.9, 8, end_learning_rate=0.1)
-    history = model.fit(*data(), batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
-                        callbacks=[MomentumScheduler({"sgd_a": schedule_a}), HyperparameterLogger()])
-    np.testing.assert_allclose(history.history["momentum/sgd_a"],
-                               [0.9 - 0.8 * 3 / 8, 0.9 - 0.8 * 7 / 8], rtol=RTOL)
+    history = model.fit(
+        *data(),
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[MomentumScheduler({"sgd_a": schedule_a}), HyperparameterLogger()],
+    )
+    np.testing.assert_allclose(
+        history.history["momentum/sgd_a"], [0.9 - 0.8 * 3 / 8, 0.9 - 0.8 * 7 / 8], rtol=RTOL
+    )
     assert history.history["momentum/sgd_b"] == [0.5, 0.5]
     with pytest.raises(ValueError, match="unknown parameter group"):
         model.fit(*data(), verbose=0, callbacks=[MomentumScheduler({"nope": schedule_a})])
@@ -257,8 +310,16 @@ def test_lr_find_sweeps_every_group_keeping_ratios_and_restores(groups, wrapper)
         return out
 
     model.train_on_batch = spying
-    result = lr_find(model, (x, y), min_lr=1e-3, max_lr=1.0, steps=6, batch_size=BATCH, verbose=0,
-                     divergence_threshold=1e9)
+    result = lr_find(
+        model,
+        (x, y),
+        min_lr=1e-3,
+        max_lr=1.0,
+        steps=6,
+        batch_size=BATCH,
+        verbose=0,
+        divergence_threshold=1e9,
+    )
     del model.train_on_batch
     k = ACCUMULATION[wrapper]
     applied = np.asarray(kernels)[k - 1 :: k]  # one real update per k micro-batches
@@ -278,8 +339,14 @@ def test_custom_loop_on_an_uncompiled_model():
     step = tfkit.TrainStep(model, linear_loss, optimizer, jit_compile=True)
     history = keras.callbacks.History()
     callbacks = keras.callbacks.CallbackList(
-        [EpochScheduler(epoch_schedule()), HyperparameterLogger(),
-         ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9), history], model=model)
+        [
+            EpochScheduler(epoch_schedule()),
+            HyperparameterLogger(),
+            ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9),
+            history,
+        ],
+        model=model,
+    )
     x, y = data()
     callbacks.on_train_begin()
     for epoch in range(3):
@@ -288,8 +355,12 @@ def test_custom_loop_on_an_uncompiled_model():
             loss = step(x[i : i + BATCH], y[i : i + BATCH])["loss"]
         callbacks.on_epoch_end(epoch, {"loss": float(loss)})
     callbacks.on_train_end()
-    np.testing.assert_allclose(history.history["learning_rate/sgd_a"], [0.1, 0.1, 0.1 * 0.25 * 0.5], rtol=RTOL)
-    np.testing.assert_allclose(history.history["learning_rate/sgd_b"], [0.01, 0.01, 0.01 * 0.25 * 0.5], rtol=RTOL)
+    np.testing.assert_allclose(
+        history.history["learning_rate/sgd_a"], [0.1, 0.1, 0.1 * 0.25 * 0.5], rtol=RTOL
+    )
+    np.testing.assert_allclose(
+        history.history["learning_rate/sgd_b"], [0.01, 0.01, 0.01 * 0.25 * 0.5], rtol=RTOL
+    )
     assert step.trace_count == 1
 
 
@@ -304,17 +375,26 @@ def test_wrong_setup_gets_a_one_line_error():
 def test_checkpoint_carries_the_state_of_every_group(tmp_path):
     model = linear_model()
     model.compile(make_optimizer("multi", "lso", 0.1), linear_loss)
-    model.fit(*data(), batch_size=BATCH, epochs=3, verbose=0,
-              callbacks=[ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)])
+    model.fit(
+        *data(),
+        batch_size=BATCH,
+        epochs=3,
+        verbose=0,
+        callbacks=[ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)],
+    )
     states = control(model.optimizer)
     path = tf.train.Checkpoint(optimizer=model.optimizer).write(str(tmp_path / "ckpt"))
-    saved = {n: (float(s.learning_rate_multiplier.numpy()), s.learning_rate()) for n, s in states.items()}
+    saved = {
+        n: (float(s.learning_rate_multiplier.numpy()), s.learning_rate()) for n, s in states.items()
+    }
     assert saved["sgd_a"][0] == 0.25
     for s in states.values():
         s.learning_rate_multiplier.assign(1.0)
         s.applied_learning_rate.assign(0.0)
     tf.train.Checkpoint(optimizer=model.optimizer).read(path).assert_existing_objects_matched()
-    assert {n: (float(s.learning_rate_multiplier.numpy()), s.learning_rate()) for n, s in states.items()} == saved
+    assert {
+        n: (float(s.learning_rate_multiplier.numpy()), s.learning_rate()) for n, s in states.items()
+    } == saved
     # A fresh optimizer restores it too, once its state exists.
     fresh = linear_model()
     fresh.compile(make_optimizer("multi", "lso", 0.1), linear_loss)
@@ -330,20 +410,33 @@ def test_multi_optimizer_round_trips_through_keras_saving_safe_mode(tmp_path):
     h = keras.layers.Dense(3, name="block_0")(h)
     out = keras.layers.Dense(1, name="head")(h)
     model = keras.Model(inp, out)
-    optimizer = layerwise_decay(keras.optimizers.AdamW(1e-3, name="adamw"), ["embed/.*", "block_0/.*"], 0.5)
+    optimizer = layerwise_decay(
+        keras.optimizers.AdamW(1e-3, name="adamw"), ["embed/.*", "block_0/.*"], 0.5
+    )
     model.compile(optimizer, "mse")
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
-    model.fit(x, x[:, :1], epochs=2, verbose=0,
-              callbacks=[HyperparameterLogger(), ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0,
-                                                                   min_delta=1e9)])
+    model.fit(
+        x,
+        x[:, :1],
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            HyperparameterLogger(),
+            ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9),
+        ],
+    )
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     groups = parameter_groups(loaded.optimizer)
     assert list(groups) == ["adamw_layer_0", "adamw_layer_1", "adamw"]
-    rates = {n: float(keras.ops.convert_to_numpy(keras.optimizers.SGD.learning_rate.fget(o)))
-             for n, o in groups.items()}
-    assert rates == pytest.approx({"adamw_layer_0": 2.5e-4, "adamw_layer_1": 5e-4, "adamw": 1e-3}, rel=1e-6)
+    rates = {
+        n: float(keras.ops.convert_to_numpy(keras.optimizers.SGD.learning_rate.fget(o)))
+        for n, o in groups.items()
+    }
+    assert rates == pytest.approx(
+        {"adamw_layer_0": 2.5e-4, "adamw_layer_1": 5e-4, "adamw": 1e-3}, rel=1e-6
+    )
     for a, b in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # The loaded optimizer takes the control plane again, and trains.
@@ -355,7 +448,9 @@ def test_layerwise_decay_routes_variables_and_applies_rates():
     a = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="a")(inp)
     b = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="b")(inp)
     model = keras.Model(inp, keras.layers.Add()([a, b]))
-    model.compile(layerwise_decay(keras.optimizers.SGD(0.1, name="sgd"), ["a/.*"], 0.25), linear_loss)
+    model.compile(
+        layerwise_decay(keras.optimizers.SGD(0.1, name="sgd"), ["a/.*"], 0.25), linear_loss
+    )
     model.fit(np.ones((2, 1)), np.zeros((2, 1)), batch_size=2, epochs=1, verbose=0)
     assert float(model.get_layer("a").kernel.numpy()[0, 0]) == pytest.approx(-0.025, rel=RTOL)
     assert float(model.get_layer("b").kernel.numpy()[0, 0]) == pytest.approx(-0.1, rel=RTOL)
@@ -382,6 +477,7 @@ def test_epoch_scheduler_bad_input_and_config():
         EpochScheduler(0.1)
     model = linear_model()
     model.compile(keras.optimizers.SGD(0.1), linear_loss)
+
     def bad(epoch):
         return [0.1, float("nan")][epoch]
 

@@ -56,7 +56,9 @@ class EpochScheduler(keras.callbacks.Callback):
     def __init__(self, schedule):
         super().__init__()
         if not callable(schedule):
-            raise TypeError(f"EpochScheduler: `schedule` must be callable (epoch -> rate); received schedule={schedule!r}.")
+            raise TypeError(
+                f"EpochScheduler: `schedule` must be callable (epoch -> rate); received schedule={schedule!r}."
+            )
         self.schedule = schedule
         self._groups = {}
         self._first = None
@@ -64,7 +66,9 @@ class EpochScheduler(keras.callbacks.Callback):
     def _rate(self, epoch: int) -> float:
         value = float(keras.ops.convert_to_numpy(self.schedule(epoch)))
         if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"EpochScheduler: schedule({epoch}) must be finite and >= 0; received {value!r}.")
+            raise ValueError(
+                f"EpochScheduler: schedule({epoch}) must be finite and >= 0; received {value!r}."
+            )
         return value
 
     def on_train_begin(self, logs=None):
@@ -84,8 +88,10 @@ class EpochScheduler(keras.callbacks.Callback):
         if _internals.learning_rate_is_constant(leaf):
             base = float(keras.ops.convert_to_numpy(_internals.base_current_learning_rate(leaf)))
             if not base > 0:
-                raise ValueError(f"EpochScheduler: the optimizer's learning rate is {base!r}; it must be > 0 "
-                                 "to be replaced by schedule(epoch).")
+                raise ValueError(
+                    f"EpochScheduler: the optimizer's learning rate is {base!r}; it must be > 0 "
+                    "to be replaced by schedule(epoch)."
+                )
             state.epoch_scale.assign(rate / base)
         else:
             state.epoch_scale.assign(rate)

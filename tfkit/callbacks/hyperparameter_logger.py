@@ -5,7 +5,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfkit.optimizers.hyperparameters import HyperparameterState, control, install_for, resolve_optimizer
+from tfkit.optimizers.hyperparameters import (
+    HyperparameterState,
+    control,
+    install_for,
+    resolve_optimizer,
+)
 from tfkit.optimizers.tree import walk
 
 __all__ = ["HyperparameterLogger"]

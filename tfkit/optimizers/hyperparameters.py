@@ -110,8 +110,13 @@ def _frame_for(leaf):
 
 
 def _scalar(value, dtype, name):
-    return tf.Variable(value, dtype=dtype, trainable=False, name=name,
-                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return tf.Variable(
+        value,
+        dtype=dtype,
+        trainable=False,
+        name=name,
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
 
 
 class HyperparameterState(tf.Module):
@@ -132,7 +137,9 @@ class HyperparameterState(tf.Module):
         self.epoch_scale = _scalar(1.0, tf.float32, "epoch_scale")
         self.learning_rate_override = _scalar(math.nan, tf.float32, "learning_rate_override")
         self.momentum_enabled = _scalar(False, tf.bool, "momentum_enabled")
-        initial = tf.cast(tf.convert_to_tensor(_internals.base_current_learning_rate(optimizer)), tf.float32)
+        initial = tf.cast(
+            tf.convert_to_tensor(_internals.base_current_learning_rate(optimizer)), tf.float32
+        )
         self.applied_learning_rate = _scalar(initial, tf.float32, "applied_learning_rate")
         self.applied_momentum = _scalar(math.nan, tf.float32, "applied_momentum")
         self.applied_step = _scalar(-1, tf.int64, "applied_step")
@@ -155,8 +162,12 @@ class HyperparameterState(tf.Module):
         return rate
 
     def _momentum_for_update(self, nominal: float):
-        scheduled = tf.cast(tf.convert_to_tensor(self.momentum_schedule(self.optimizer.iterations)), tf.float32)
-        value = tf.where(tf.convert_to_tensor(self.momentum_enabled), scheduled, tf.constant(nominal, tf.float32))
+        scheduled = tf.cast(
+            tf.convert_to_tensor(self.momentum_schedule(self.optimizer.iterations)), tf.float32
+        )
+        value = tf.where(
+            tf.convert_to_tensor(self.momentum_enabled), scheduled, tf.constant(nominal, tf.float32)
+        )
         self.applied_momentum.assign(value)
         return value
 
@@ -170,17 +181,29 @@ class HyperparameterState(tf.Module):
         optimizer = self.optimizer
         name = hyperparameter or default_momentum_name(optimizer)
         if name not in ("momentum", "beta_1"):
-            raise ValueError(f"`hyperparameter` must be 'momentum', 'beta_1' or None; received hyperparameter={name!r}.")
+            raise ValueError(
+                f"`hyperparameter` must be 'momentum', 'beta_1' or None; received hyperparameter={name!r}."
+            )
         if not hasattr(optimizer, name):
-            raise ValueError(f"{type(optimizer).__name__} ({optimizer.name!r}) has no `{name}` to schedule; "
-                             f"received hyperparameter={name!r}.")
+            raise ValueError(
+                f"{type(optimizer).__name__} ({optimizer.name!r}) has no `{name}` to schedule; "
+                f"received hyperparameter={name!r}."
+            )
         if not callable(schedule):
-            raise TypeError(f"`schedule` must be callable (step -> value); received schedule={schedule!r}.")
+            raise TypeError(
+                f"`schedule` must be callable (step -> value); received schedule={schedule!r}."
+            )
         first = float(tf.convert_to_tensor(schedule(0)))
         if not (math.isfinite(first) and 0.0 <= first <= 1.0):
-            raise ValueError(f"`schedule(0)` must be a finite value in [0, 1] for `{name}`; received {first!r}.")
+            raise ValueError(
+                f"`schedule(0)` must be a finite value in [0, 1] for `{name}`; received {first!r}."
+            )
         current = getattr(optimizer, name)
-        if isinstance(current, _ControlledFloat) and self.momentum_schedule is schedule and self.momentum_name == name:
+        if (
+            isinstance(current, _ControlledFloat)
+            and self.momentum_schedule is schedule
+            and self.momentum_name == name
+        ):
             self.momentum_enabled.assign(True)
             return False
         nominal = float(current)
@@ -195,7 +218,9 @@ class HyperparameterState(tf.Module):
         self.momentum_name = name
         self.momentum_schedule = schedule
         setattr(optimizer, name, _ControlledFloat(nominal, self))
-        self.applied_momentum.assign(first if self.applied_step.numpy() < 0 else float(self.applied_momentum.numpy()))
+        self.applied_momentum.assign(
+            first if self.applied_step.numpy() < 0 else float(self.applied_momentum.numpy())
+        )
         self.momentum_enabled.assign(True)
         return True
 
@@ -208,13 +233,17 @@ class HyperparameterState(tf.Module):
         override = float(self.learning_rate_override.numpy())
         if not math.isnan(override):
             return override
-        keras_rate = tf.cast(tf.convert_to_tensor(_internals.base_current_learning_rate(self.optimizer)), tf.float32)
+        keras_rate = tf.cast(
+            tf.convert_to_tensor(_internals.base_current_learning_rate(self.optimizer)), tf.float32
+        )
         return float((keras_rate * self.learning_rate_multiplier * self.epoch_scale).numpy())
 
     def momentum(self) -> float | None:
         """Host value of the scheduled momentum/beta_1 applied last, or the plain float, or None."""
         optimizer = self.optimizer
-        name = self.momentum_name or next((n for n in ("momentum", "beta_1") if hasattr(optimizer, n)), None)
+        name = self.momentum_name or next(
+            (n for n in ("momentum", "beta_1") if hasattr(optimizer, n)), None
+        )
         if name is None:
             return None
         value = getattr(optimizer, name)
@@ -228,7 +257,9 @@ class HyperparameterState(tf.Module):
 
     def momentum_key(self) -> str | None:
         optimizer = self.optimizer
-        return self.momentum_name or next((n for n in ("momentum", "beta_1") if hasattr(optimizer, n)), None)
+        return self.momentum_name or next(
+            (n for n in ("momentum", "beta_1") if hasattr(optimizer, n)), None
+        )
 
 
 def default_momentum_name(optimizer) -> str:
@@ -263,8 +294,11 @@ class _ControlledFloat(float):
         state = self.state
         frame = _frame_for(state.optimizer)
         if frame is None:
-            value = tf.where(tf.math.is_nan(tf.convert_to_tensor(state.applied_momentum)),
-                             tf.constant(float(self), tf.float32), state.applied_momentum)
+            value = tf.where(
+                tf.math.is_nan(tf.convert_to_tensor(state.applied_momentum)),
+                tf.constant(float(self), tf.float32),
+                state.applied_momentum,
+            )
         else:
             value = frame.cached("momentum", lambda: state._momentum_for_update(float(self)))
         return tf.cast(value, dtype, name=name)
@@ -348,8 +382,10 @@ def _make_rate(original):
 
 def is_controlled(optimizer: keras.optimizers.Optimizer) -> bool:
     """True when every leaf of ``optimizer``'s tree already has its state installed."""
-    return all(isinstance(getattr(leaf, STATE_ATTRIBUTE, None), HyperparameterState)
-               for leaf in parameter_groups(optimizer).values())
+    return all(
+        isinstance(getattr(leaf, STATE_ATTRIBUTE, None), HyperparameterState)
+        for leaf in parameter_groups(optimizer).values()
+    )
 
 
 def control(optimizer: keras.optimizers.Optimizer) -> dict[str, HyperparameterState]:
@@ -366,12 +402,16 @@ def control(optimizer: keras.optimizers.Optimizer) -> dict[str, HyperparameterSt
         ``{group name: HyperparameterState}`` (see :func:`parameter_groups`).
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer):
-        raise TypeError(f"`optimizer` must be a keras.optimizers.Optimizer; received {optimizer!r} "
-                        f"of type {type(optimizer).__name__}.")
+        raise TypeError(
+            f"`optimizer` must be a keras.optimizers.Optimizer; received {optimizer!r} "
+            f"of type {type(optimizer).__name__}."
+        )
     groups = parameter_groups(optimizer)
     if not groups:
-        raise ValueError(f"{type(optimizer).__name__} ({optimizer.name!r}) has no sub-optimizers yet: "
-                         "build it (or compile/fit the model) before installing the control plane.")
+        raise ValueError(
+            f"{type(optimizer).__name__} ({optimizer.name!r}) has no sub-optimizers yet: "
+            "build it (or compile/fit the model) before installing the control plane."
+        )
     states = {}
     for name, leaf in groups.items():
         state = getattr(leaf, STATE_ATTRIBUTE, None)
@@ -422,9 +462,13 @@ def attach(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
     its own ``optimizer.apply``. Also installs the control plane (:func:`control`).
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer):
-        raise TypeError(f"`optimizer` must be a keras.optimizers.Optimizer; received {optimizer!r}.")
+        raise TypeError(
+            f"`optimizer` must be a keras.optimizers.Optimizer; received {optimizer!r}."
+        )
     _attached[model] = optimizer
-    if parameter_groups(optimizer):  # a MultiOptimizer with a selector function knows its groups once built
+    if parameter_groups(
+        optimizer
+    ):  # a MultiOptimizer with a selector function knows its groups once built
         control(optimizer)
 
 

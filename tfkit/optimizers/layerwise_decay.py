@@ -53,21 +53,42 @@ def layerwise_decay(
     """
     multi = getattr(keras.optimizers, "MultiOptimizer", None)
     if multi is None:
-        raise RuntimeError(f"layerwise_decay needs keras.optimizers.MultiOptimizer (Keras >= 3.11); "
-                           f"this is Keras {keras.__version__}.")
-    if not isinstance(optimizer, keras.optimizers.Optimizer) or isinstance(optimizer, multi) \
-            or hasattr(optimizer, "inner_optimizer"):
-        raise TypeError("layerwise_decay: `optimizer` must be an unwrapped keras optimizer (SGD, AdamW, ...); "
-                        f"received optimizer={optimizer!r} of type {type(optimizer).__name__}.")
-    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers \
-            or not all(isinstance(p, str) and p for p in layers):
-        raise TypeError("layerwise_decay: `layers` must be a non-empty sequence of variable-path patterns "
-                        f"(str); received layers={layers!r}.")
+        raise RuntimeError(
+            f"layerwise_decay needs keras.optimizers.MultiOptimizer (Keras >= 3.11); "
+            f"this is Keras {keras.__version__}."
+        )
+    if (
+        not isinstance(optimizer, keras.optimizers.Optimizer)
+        or isinstance(optimizer, multi)
+        or hasattr(optimizer, "inner_optimizer")
+    ):
+        raise TypeError(
+            "layerwise_decay: `optimizer` must be an unwrapped keras optimizer (SGD, AdamW, ...); "
+            f"received optimizer={optimizer!r} of type {type(optimizer).__name__}."
+        )
+    if (
+        isinstance(layers, str)
+        or not isinstance(layers, Sequence)
+        or not layers
+        or not all(isinstance(p, str) and p for p in layers)
+    ):
+        raise TypeError(
+            "layerwise_decay: `layers` must be a non-empty sequence of variable-path patterns "
+            f"(str); received layers={layers!r}."
+        )
     if len(set(layers)) != len(layers):
-        raise ValueError(f"layerwise_decay: `layers` holds a pattern twice; received layers={list(layers)!r}.")
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) \
-            or not 0 < decay <= 1:
-        raise ValueError(f"layerwise_decay: `decay` must be a number in (0, 1]; received decay={decay!r}.")
+        raise ValueError(
+            f"layerwise_decay: `layers` holds a pattern twice; received layers={list(layers)!r}."
+        )
+    if (
+        isinstance(decay, bool)
+        or not isinstance(decay, (int, float))
+        or not math.isfinite(decay)
+        or not 0 < decay <= 1
+    ):
+        raise ValueError(
+            f"layerwise_decay: `decay` must be a number in (0, 1]; received decay={decay!r}."
+        )
     from tfkit.callbacks.scaled_schedule import ScaledSchedule
 
     config = optimizer.get_config()
@@ -76,12 +97,17 @@ def layerwise_decay(
         rate = keras.saving.deserialize_keras_object(rate)
 
     def copy(factor: float, name: str):
-        scaled = ScaledSchedule(rate, factor) if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) \
+        scaled = (
+            ScaledSchedule(rate, factor)
+            if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule)
             else float(rate) * factor
+        )
         return type(optimizer).from_config({**config, "learning_rate": scaled, "name": name})
 
     n = len(layers)
-    groups = {pattern: copy(float(decay) ** (n - i), f"{optimizer.name}_layer_{i}")
-              for i, pattern in enumerate(layers)}
+    groups = {
+        pattern: copy(float(decay) ** (n - i), f"{optimizer.name}_layer_{i}")
+        for i, pattern in enumerate(layers)
+    }
     head = copy(1.0, optimizer.name)
     return multi(keras.optimizers.OptimizerMap(head, groups))

@@ -68,7 +68,9 @@ def _children(optimizer) -> list:
     subs = getattr(type(optimizer), "optimizers", None)
     if isinstance(subs, property):
         subs = optimizer.optimizers
-        if isinstance(subs, (list, tuple)) and all(isinstance(s, keras.optimizers.Optimizer) for s in subs):
+        if isinstance(subs, (list, tuple)) and all(
+            isinstance(s, keras.optimizers.Optimizer) for s in subs
+        ):
             return list(subs)
     return []
 
@@ -90,7 +92,9 @@ def leaves(optimizer: keras.optimizers.Optimizer) -> list[keras.optimizers.Optim
     return [node for node in walk(optimizer) if not _children(node)]
 
 
-def parameter_groups(optimizer: keras.optimizers.Optimizer) -> dict[str, keras.optimizers.Optimizer]:
+def parameter_groups(
+    optimizer: keras.optimizers.Optimizer,
+) -> dict[str, keras.optimizers.Optimizer]:
     """``{group name: leaf optimizer}``; the name is the leaf's ``name``.
 
     Keras already numbers default names (``"sgd"``, ``"sgd_1"``, ... in
