@@ -486,3 +486,23 @@ def test_epoch_scheduler_bad_input_and_config():
     cb = EpochScheduler(epoch_schedule())
     restored = EpochScheduler.from_config(cb.get_config())
     assert float(restored.schedule(3)) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "tfkit.optimizers.tree",
+        "tfkit.optimizers.hyperparameters",
+        "tfkit.optimizers.layerwise_decay",
+        "tfkit.callbacks.epoch_scheduler",
+        "tfkit.callbacks.momentum",
+        "tfkit.callbacks.reduce_lr_on_plateau",
+        "tfkit.callbacks.hyperparameter_logger",
+    ],
+)
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

@@ -42,7 +42,7 @@ class EpochScheduler(keras.callbacks.Callback):
     Example:
         >>> import numpy as np, keras
         >>> from tfkit.callbacks import EpochScheduler, HyperparameterLogger
-        >>> steps = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
+        >>> steps = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.1, 0.01])  # epoch <= 1: 0.1
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
         >>> model.compile(keras.optimizers.SGD(1.0), "mse")
         >>> h = model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=4, verbose=0,
