@@ -506,3 +506,28 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_under_mirrored_strategy_every_replica_applies_the_controlled_rate(mirrored_strategy):
+    with mirrored_strategy.scope():
+        model = linear_model()
+        model.compile(make_optimizer("multi", "plain", 0.1), linear_loss)
+    recorder = KernelRecorder()
+    history = model.fit(
+        *data(),
+        batch_size=4,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            recorder,
+            EpochScheduler(epoch_schedule()),
+            HyperparameterLogger(),
+            ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9),
+        ],
+    )
+    scale = np.repeat([1.0, 1.0, 0.25 * 0.5], 2)  # 2 batches per epoch
+    np.testing.assert_allclose(recorder.applied(), np.outer(scale, [0.1, 0.01]), rtol=RTOL)
+    np.testing.assert_allclose(
+        history.history["learning_rate/sgd_b"], 0.01 * scale[1::2], rtol=RTOL
+    )

@@ -74,13 +74,13 @@ __all__ = [
 
 STATE_ATTRIBUTE = "tfkit_hyperparameters"
 GROUPS_ATTRIBUTE = "tfkit_hyperparameter_groups"
-_local = threading.local()
 
-
-def _frames() -> list:
-    if not hasattr(_local, "frames"):
-        _local.frames = []
-    return _local.frames
+# Leaf optimizers whose ``apply`` is running (eagerly) or being traced, by id.
+# Process-wide, not per thread: under a tf.distribute strategy the replica
+# threads run ``apply`` while the update itself (``update_step``, where
+# momentum is read) runs in the strategy's merge call, in another thread.
+_active: dict = {}
+_active_lock = threading.Lock()
 
 
 class _UpdateFrame:
@@ -92,21 +92,21 @@ class _UpdateFrame:
 
     def __init__(self, leaf):
         self.leaf = leaf
+        self.depth = 0
         self.cache: dict = {}
+        self.lock = threading.RLock()
 
     def cached(self, key, compute):
         graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-        full_key = (key, id(graph))
-        if full_key not in self.cache:
-            self.cache[full_key] = compute()
-        return self.cache[full_key]
+        full_key = (key, id(graph), tf.distribute.get_replica_context() is None)
+        with self.lock:
+            if full_key not in self.cache:
+                self.cache[full_key] = compute()
+            return self.cache[full_key]
 
 
 def _frame_for(leaf):
-    for frame in reversed(_frames()):
-        if frame.leaf is leaf:
-            return frame
-    return None
+    return _active.get(id(leaf))
 
 
 def _scalar(value, dtype, name):
@@ -357,12 +357,16 @@ def _make_apply(original):
     leaf = original.__self__
 
     def apply(grads, trainable_variables=None):
-        frames = _frames()
-        frames.append(_UpdateFrame(leaf))
+        with _active_lock:
+            frame = _active.setdefault(id(leaf), _UpdateFrame(leaf))
+            frame.depth += 1
         try:
             return original(grads, trainable_variables)
         finally:
-            frames.pop()
+            with _active_lock:
+                frame.depth -= 1
+                if frame.depth == 0:
+                    del _active[id(leaf)]
 
     return apply
 
