@@ -82,7 +82,14 @@ class KernelRecorder(keras.callbacks.Callback):
         return np.asarray(self.values)
 
 
+def needs_multi_optimizer():
+    if not hasattr(keras.optimizers, "MultiOptimizer"):
+        pytest.skip(f"keras.optimizers.MultiOptimizer is not in Keras {keras.__version__}")
+
+
 def make_optimizer(groups: str, wrapper: str, base_a, base_b=0.01):
+    if groups != "single":
+        needs_multi_optimizer()
     if groups == "single":
         leaf = keras.optimizers.SGD(base_a, name="sgd_a")
     else:
@@ -405,6 +412,7 @@ def test_checkpoint_carries_the_state_of_every_group(tmp_path):
 
 
 def test_multi_optimizer_round_trips_through_keras_saving_safe_mode(tmp_path):
+    needs_multi_optimizer()
     inp = keras.Input((4,))
     h = keras.layers.Dense(3, name="embed")(inp)
     h = keras.layers.Dense(3, name="block_0")(h)
@@ -444,6 +452,7 @@ def test_multi_optimizer_round_trips_through_keras_saving_safe_mode(tmp_path):
 
 
 def test_layerwise_decay_routes_variables_and_applies_rates():
+    needs_multi_optimizer()
     inp = keras.Input((1,))
     a = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="a")(inp)
     b = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="b")(inp)
@@ -468,8 +477,15 @@ def test_layerwise_decay_routes_variables_and_applies_rates():
     ],
 )
 def test_layerwise_decay_bad_input(kwargs, error, match):
+    needs_multi_optimizer()
     with pytest.raises(error, match=match):
         layerwise_decay(keras.optimizers.SGD(0.1), **kwargs)
+
+
+def test_layerwise_decay_says_which_keras_it_needs(monkeypatch):
+    monkeypatch.delattr(keras.optimizers, "MultiOptimizer", raising=False)
+    with pytest.raises(RuntimeError, match="MultiOptimizer"):
+        layerwise_decay(keras.optimizers.SGD(0.1), ["a/.*"], 0.5)
 
 
 def test_epoch_scheduler_bad_input_and_config():
@@ -504,6 +520,8 @@ def test_docstring_examples_run(module):
     import doctest
     import importlib
 
+    if module.endswith("layerwise_decay"):
+        needs_multi_optimizer()
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
 

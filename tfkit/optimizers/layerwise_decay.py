@@ -39,7 +39,7 @@ def layerwise_decay(
         decay: factor per layer, ``0 < decay <= 1``.
 
     Returns:
-        A ``keras.optimizers.MultiOptimizer`` (Keras >= 3.11).
+        A ``keras.optimizers.MultiOptimizer`` (a Keras newer than 3.10, e.g. 3.15).
 
     Example:
         >>> import keras
@@ -54,7 +54,7 @@ def layerwise_decay(
     multi = getattr(keras.optimizers, "MultiOptimizer", None)
     if multi is None:
         raise RuntimeError(
-            f"layerwise_decay needs keras.optimizers.MultiOptimizer (Keras >= 3.11); "
+            f"layerwise_decay needs keras.optimizers.MultiOptimizer (a Keras newer than 3.10, e.g. 3.15); "
             f"this is Keras {keras.__version__}."
         )
     if (

@@ -63,7 +63,7 @@ def _children(optimizer) -> list:
     inner = getattr(optimizer, "inner_optimizer", None)
     if isinstance(inner, keras.optimizers.Optimizer):
         return [inner]
-    # keras.optimizers.MultiOptimizer (Keras >= 3.11): the public ``optimizers``
+    # keras.optimizers.MultiOptimizer (a Keras newer than 3.10, e.g. 3.15): the public ``optimizers``
     # property lists the sub-optimizers, in the order they were registered.
     subs = getattr(type(optimizer), "optimizers", None)
     if isinstance(subs, property):
