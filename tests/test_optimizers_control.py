@@ -16,6 +16,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tfkit
 from tfkit.callbacks import (
@@ -549,3 +551,41 @@ def test_under_mirrored_strategy_every_replica_applies_the_controlled_rate(mirro
     np.testing.assert_allclose(
         history.history["learning_rate/sgd_b"], 0.01 * scale[1::2], rtol=RTOL
     )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    n=st.integers(1, 6),
+    decay=st.floats(1e-3, 1.0, allow_nan=False),
+    lr=st.floats(1e-6, 1.0, allow_nan=False),
+)
+def test_layerwise_decay_rates_follow_the_formula(n, decay, lr):
+    needs_multi_optimizer()
+    opt = layerwise_decay(
+        keras.optimizers.SGD(lr, name="g"), [f"block_{i}/.*" for i in range(n)], decay
+    )
+    groups = parameter_groups(opt)
+    assert list(groups) == [f"g_layer_{i}" for i in range(n)] + ["g"]
+    for i in range(n):
+        rate = float(keras.ops.convert_to_numpy(groups[f"g_layer_{i}"].learning_rate))
+        np.testing.assert_allclose(rate, lr * decay ** (n - i), rtol=1e-6)
+    assert float(keras.ops.convert_to_numpy(groups["g"].learning_rate)) == pytest.approx(
+        lr, rel=1e-6
+    )
+    config = keras.saving.serialize_keras_object(opt)
+    again = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    assert keras.saving.serialize_keras_object(again) == config
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=3)
+    )
+)
+def test_layerwise_decay_rejects_every_bad_decay(value):
+    needs_multi_optimizer()
+    if isinstance(value, float) and 0 < value <= 1:
+        return
+    with pytest.raises(ValueError, match="decay"):
+        layerwise_decay(keras.optimizers.SGD(0.1), ["a/.*"], value)

@@ -26,7 +26,6 @@ from tfkit.optimizers.hyperparameters import (
     default_momentum_name,
     install_for,
     refresh_train_function,
-    resolve_optimizer,
 )
 
 __all__ = ["MomentumScheduler", "schedule_hyperparameter", "unschedule_hyperparameter"]
@@ -149,7 +148,6 @@ class MomentumScheduler(keras.callbacks.Callback):
         if retrace:
             refresh_train_function(self.model)  # a step traced earlier holds the old schedule
         self._states = [state for state, _ in chosen.values()]
-        resolve_optimizer("MomentumScheduler", self.model)
 
     def on_train_end(self, logs=None):
         # Switched off in-graph, not removed: the traced step stays valid.
