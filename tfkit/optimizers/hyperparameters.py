@@ -218,9 +218,10 @@ class HyperparameterState(tf.Module):
         self.momentum_name = name
         self.momentum_schedule = schedule
         setattr(optimizer, name, _ControlledFloat(nominal, self))
-        self.applied_momentum.assign(
-            first if self.applied_step.numpy() < 0 else float(self.applied_momentum.numpy())
-        )
+        if math.isnan(float(self.applied_momentum.numpy())):
+            # Nothing scheduled applied yet: the first update will use `first`;
+            # updates before the install used the plain float.
+            self.applied_momentum.assign(first if self.applied_step.numpy() < 0 else float(current))
         self.momentum_enabled.assign(True)
         return True
 
@@ -239,20 +240,15 @@ class HyperparameterState(tf.Module):
         return float((keras_rate * self.learning_rate_multiplier * self.epoch_scale).numpy())
 
     def momentum(self) -> float | None:
-        """Host value of the scheduled momentum/beta_1 applied last, or the plain float, or None."""
-        optimizer = self.optimizer
-        name = self.momentum_name or next(
-            (n for n in ("momentum", "beta_1") if hasattr(optimizer, n)), None
-        )
+        """Host value of the momentum/beta_1 the last update applied (the plain float if unscheduled)."""
+        name = self.momentum_key()
         if name is None:
             return None
-        value = getattr(optimizer, name)
-        if isinstance(value, _ControlledFloat) and self.applied_step.numpy() >= 0:
+        value = getattr(self.optimizer, name)
+        if isinstance(value, _ControlledFloat):
             applied = float(self.applied_momentum.numpy())
             if math.isfinite(applied):
                 return applied
-        if isinstance(value, _ControlledFloat) and bool(self.momentum_enabled.numpy()):
-            return float(self.applied_momentum.numpy())
         return float(value)
 
     def momentum_key(self) -> str | None:
