@@ -193,19 +193,19 @@ class HyperparameterState(tf.Module):
             raise TypeError(
                 f"`schedule` must be callable (step -> value); received schedule={schedule!r}."
             )
-        first = float(tf.convert_to_tensor(schedule(0)))
-        if not (math.isfinite(first) and 0.0 <= first <= 1.0):
-            raise ValueError(
-                f"`schedule(0)` must be a finite value in [0, 1] for `{name}`; received {first!r}."
-            )
         current = getattr(optimizer, name)
         if (
             isinstance(current, _ControlledFloat)
             and self.momentum_schedule is schedule
             and self.momentum_name == name
         ):
-            self.momentum_enabled.assign(True)
+            self.momentum_enabled.assign(True)  # validated when installed
             return False
+        first = float(tf.convert_to_tensor(schedule(0)))
+        if not (math.isfinite(first) and 0.0 <= first <= 1.0):
+            raise ValueError(
+                f"`schedule(0)` must be a finite value in [0, 1] for `{name}`; received {first!r}."
+            )
         nominal = float(current)
         if nominal == 0.0:
             # SGD and RMSprop create their momentum slots only when momentum != 0.
