@@ -31,7 +31,8 @@ import threading
 import keras
 import tensorflow as tf
 from keras.src.backend.common import global_state
-from keras.src.backend.common.variables import Variable as _KerasVariable
+
+from tfkit._internals import KerasVariableBase as _KerasVariable
 
 __all__ = [
     "AssignRecorder",
@@ -43,6 +44,7 @@ __all__ = [
 _local = threading.local()
 _patch_lock = threading.Lock()
 _original_assign = None
+_active_recorders = 0  # recorders open in any thread
 
 
 def _recording_assign(self, value):
@@ -52,19 +54,33 @@ def _recording_assign(self, value):
     return _original_assign(self, value)
 
 
-def _install_patch() -> None:
-    """Route ``keras.Variable.assign`` through the recorder, once per process.
+def _acquire_patch() -> None:
+    """Route ``keras.Variable.assign`` through the recorder while any recording is open.
 
-    The patch stays installed and is a no-op outside a recording (one
-    thread-local lookup per assignment). It is never removed, because replica
-    threads of a ``tf.distribute`` strategy trace concurrently and one thread
-    removing it would blind the others.
+    Scoped, not process-wide: the class attribute is replaced when the first
+    recorder opens (in any thread) and put back when the last one closes.
+    The count is global rather than per thread because replica threads of a
+    ``tf.distribute`` strategy trace concurrently: one thread removing the
+    patch while another still records would blind the other. Recording only
+    happens while a recompute forward pass is traced or run, so outside those
+    windows ``Variable.assign`` is Keras' own.
     """
-    global _original_assign
+    global _original_assign, _active_recorders
     with _patch_lock:
-        if _original_assign is None:
-            _original_assign = _KerasVariable.assign
+        if _active_recorders == 0:
+            if _original_assign is None:
+                _original_assign = _KerasVariable.assign
             _KerasVariable.assign = _recording_assign
+        _active_recorders += 1
+
+
+def _release_patch() -> None:
+    global _active_recorders
+    with _patch_lock:
+        _active_recorders -= 1
+        if _active_recorders == 0:
+            # _original_assign stays set: a thread already inside _recording_assign still needs it.
+            _KerasVariable.assign = _original_assign
 
 
 def _raw_value(variable):
@@ -86,7 +102,6 @@ class AssignRecorder:
     """
 
     def __init__(self) -> None:
-        _install_patch()
         self._seen: set[int] = set()
         self.mapping: list[tuple[_KerasVariable, tf.Tensor]] = []
 
@@ -101,11 +116,13 @@ class AssignRecorder:
     def __enter__(self) -> AssignRecorder:
         if not hasattr(_local, "recorders"):
             _local.recorders = []
+        _acquire_patch()
         _local.recorders.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         _local.recorders.pop()
+        _release_patch()
 
 
 class _NoRecording:

@@ -32,6 +32,8 @@ import tensorflow as tf
 from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.losses.losses import LossFunctionWrapper
 
+from tfkit.optimizers.hyperparameters import attach
+
 __all__ = ["TrainStep"]
 
 
@@ -102,6 +104,7 @@ class TrainStep:
         self.model = model
         self.loss = _as_loss(loss)
         self.optimizer = optimizer
+        attach(model, optimizer)  # tfkit callbacks find the optimizer of an uncompiled model
         self.jit_compile = jit_compile
         self.strategy = strategy or tf.distribute.get_strategy()
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)

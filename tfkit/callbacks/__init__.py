@@ -1,12 +1,12 @@
 """Callbacks for ``model.fit`` and custom loops: early stopping, plateau reduction on any
-schedule, momentum/beta_1 scheduling, hyperparameter logging and diagnostics."""
+schedule, per-epoch schedules, momentum/beta_1 scheduling, hyperparameter logging and diagnostics."""
 
 from tfkit.callbacks.backup_and_restore import BackupAndRestore
 from tfkit.callbacks.early_stopping import EarlyStopping
+from tfkit.callbacks.epoch_scheduler import EpochScheduler
 from tfkit.callbacks.hyperparameter_logger import HyperparameterLogger
 from tfkit.callbacks.momentum import (
     MomentumScheduler,
-    ScheduledHyperparameter,
     schedule_hyperparameter,
     unschedule_hyperparameter,
 )
@@ -18,12 +18,12 @@ from tfkit.callbacks.update_ratio import UpdateRatioMonitor
 __all__ = [
     "BackupAndRestore",
     "EarlyStopping",
+    "EpochScheduler",
     "HyperparameterLogger",
     "MomentumScheduler",
     "NaNGuard",
     "ReduceLROnPlateau",
     "ScaledSchedule",
-    "ScheduledHyperparameter",
     "UpdateRatioMonitor",
     "schedule_hyperparameter",
     "unschedule_hyperparameter",

@@ -5,9 +5,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfkit.callbacks._optimizer_access import base_optimizer, last_used_learning_rate, to_numpy
-from tfkit.callbacks.momentum import ScheduledHyperparameter
-from tfkit.optimizers import optimizer_chain
+from tfkit.optimizers.hyperparameters import (
+    HyperparameterState,
+    control,
+    install_for,
+    resolve_optimizer,
+)
+from tfkit.optimizers.tree import walk
 
 __all__ = ["HyperparameterLogger"]
 
@@ -24,9 +28,33 @@ DEFAULT_CHAIN_ATTRIBUTES = (
 )
 
 
+def _to_numpy(value):
+    """Host value of a tensor/variable/number (``.numpy()`` avoids NumPy 2's ``__array__`` copy warning)."""
+    return value.numpy() if hasattr(value, "numpy") else keras.ops.convert_to_numpy(value)
+
+
+def learning_rate_logs(groups: dict[str, HyperparameterState]) -> dict[str, float]:
+    """``learning_rate`` and ``momentum``/``beta_1`` of the last real update, per group.
+
+    One group: keys ``learning_rate`` and ``momentum`` (or ``beta_1``); several
+    (a ``MultiOptimizer``): ``learning_rate/<group>`` and ``momentum/<group>``.
+    """
+    out = {}
+    single = len(groups) == 1
+    for name, state in groups.items():
+        suffix = "" if single else f"/{name}"
+        out["learning_rate" + suffix] = state.learning_rate()
+        key = state.momentum_key()
+        if key is not None:
+            value = state.momentum()
+            if value is not None:
+                out[key + suffix] = value
+    return out
+
+
 def _number(value) -> float | None:
     try:
-        array = np.asarray(to_numpy(value))
+        array = np.asarray(_to_numpy(value))
     except Exception:  # noqa: BLE001 - anything that is not a number is simply not logged
         return None
     if array.shape != () or array.dtype.kind not in "fiub":
@@ -35,8 +63,8 @@ def _number(value) -> float | None:
 
 
 def _chain_value(optimizer, name):
-    """The outermost value of ``name`` in the chain; wrappers may refuse reads before ``build``."""
-    for opt in optimizer_chain(optimizer):
+    """The outermost value of ``name`` in the tree; wrappers may refuse reads before ``build``."""
+    for opt in walk(optimizer):
         try:
             return getattr(opt, name)
         except (AttributeError, ValueError):
@@ -51,21 +79,25 @@ class HyperparameterLogger(keras.callbacks.Callback):
     At each epoch end (and each batch end with ``per_batch=True``) it writes into
     ``logs``:
 
-    * ``learning_rate``: the rate used by the most recent update, i.e. the
-      innermost optimizer's schedule at ``iterations - 1`` (including any
-      ``ReduceLROnPlateau`` multiplier), or its current value if it is a float;
-    * ``momentum`` or ``beta_1``: likewise, following a ``MomentumScheduler``;
+    * ``learning_rate``: the rate the most recent real update applied, as
+      recorded inside that update by the optimizer's
+      :class:`tfkit.optimizers.HyperparameterState` (schedule, plateau
+      multiplier and epoch scale included); on a ``MultiOptimizer``, one key
+      ``learning_rate/<group>`` per sub-optimizer name;
+    * ``momentum`` or ``beta_1`` (``momentum/<group>``...): likewise, following
+      a ``MomentumScheduler``, else the optimizer's float;
     * every attribute of ``chain_attributes`` found on any optimizer of the
-      wrapper chain (``inner_optimizer``): by default ``loss_scale`` and
+      tree: by default ``loss_scale`` and
       ``skipped_steps`` (tfkit's ``LossScaleOptimizer``), ``dynamic_scale``
       (Keras' one), ``accumulation_steps``, ``micro_step`` and
       ``dropped_micro_batches`` (``tfkit.optimizers.GradientAccumulator``).
 
-    History, CSVLogger and TensorBoard read the same ``logs`` dict *after*
-    this callback only if it comes first: put it before them in
-    ``callbacks=[...]`` (Keras appends its own History last, so that one is
-    always fine). Each logged value costs one small device-to-host read, so
-    ``per_batch`` is off by default.
+    The values are recorded state, not re-evaluated schedules, so every
+    reader agrees whatever the callback order: History, CSVLogger, and Keras'
+    ``TensorBoard`` (which reads ``optimizer.learning_rate`` itself: outside an
+    update that is the applied value too). Put this logger before CSVLogger
+    so that the row includes its keys. Each logged value costs one small
+    device-to-host read, so ``per_batch`` is off by default.
 
     Args:
         per_batch: Also write into the per-batch logs. Default False.
@@ -97,19 +129,13 @@ class HyperparameterLogger(keras.callbacks.Callback):
         self.chain_attributes = tuple(chain_attributes)
         self.prefix = prefix
 
+    def on_train_begin(self, logs=None):
+        install_for("HyperparameterLogger", self.model)
+
     def values(self) -> dict:
         """The current values (what would be written into the logs now)."""
-        outer = self.model.optimizer
-        inner = base_optimizer(outer)
-        last_step = max(int(to_numpy(inner.iterations)) - 1, 0)
-        out = {}
-        out["learning_rate"] = last_used_learning_rate(inner)
-        for name in ("momentum", "beta_1"):
-            if hasattr(inner, name):
-                value = getattr(inner, name)
-                if isinstance(value, ScheduledHyperparameter):
-                    value = value.current(last_step)
-                out[name] = _number(value)
+        outer = resolve_optimizer("HyperparameterLogger", self.model)
+        out = learning_rate_logs(control(outer))
         for name in self.chain_attributes:
             value = _chain_value(outer, name)
             if value is not None:

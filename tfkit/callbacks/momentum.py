@@ -2,239 +2,102 @@
 
 Keras optimizers store ``momentum`` (SGD, RMSprop) and ``beta_1`` (Adam, AdamW,
 Adamax, Nadam, Lion) as Python floats; the traced train step bakes them in as
-constants, so nothing can cycle them (DESIGN.md K6), and assigning a new float
-per batch from a callback would both retrace and miss the steps executed
-inside one ``steps_per_execution`` call.
+constants, and assigning a new float per batch from a callback would both
+retrace and miss the steps executed inside one ``steps_per_execution`` call.
 
-Mechanism. ``schedule_hyperparameter`` replaces the float with a
-``ScheduledHyperparameter``: a ``float`` subclass whose float value is the
-original (so ``get_config``, JSON, and Keras' structural tests such as
-``momentum != 0`` see an ordinary number), and which implements TensorFlow's
-``__tf_tensor__`` conversion protocol and the arithmetic operators. Every
-place an optimizer's ``update_step`` uses the hyperparameter numerically
-(``ops.cast(self.momentum, dtype)``, ``1 - self.beta_1``,
-``ops.multiply(self.momentum, m)``, ``u_product * self.beta_1``) therefore
-produces the graph expression ``schedule(optimizer.iterations)``, read at each
-update from the optimizer's update counter. One trace serves the whole run.
+The schedule is installed in the leaf optimizer's
+:class:`tfkit.optimizers.HyperparameterState`: the update evaluates
+``schedule(iterations)`` in the graph and records the value it used, which
+the logger reads. The optimizer's ``get_config`` keeps the original float.
 
-Step convention (tfkit's): the value used by the update that is the ``k``-th
-real update (``k = 0, 1, ...``) is ``schedule(k)``, with ``k`` read from the
-innermost optimizer's ``iterations`` — which counts real updates only, whether
-the optimizer is wrapped by a ``LossScaleOptimizer`` (skipped steps do not
-count) or a gradient accumulator.
+Step convention: the ``k``-th real update of a leaf optimizer (``k = 0, 1,
+...``) uses ``schedule(k)``, ``k`` being that leaf's ``iterations`` -- which
+counts real updates only, whether the optimizer is wrapped by a
+``LossScaleOptimizer`` (skipped steps do not count) or a gradient accumulator.
 """
 
 from __future__ import annotations
 
-import math
-
 import keras
-import tensorflow as tf
 
-from tfkit.callbacks._optimizer_access import base_optimizer, refresh_train_function
+from tfkit.optimizers.hyperparameters import (
+    _ControlledFloat,
+    control,
+    default_momentum_name,
+    install_for,
+    refresh_train_function,
+)
 
-__all__ = [
-    "ScheduledHyperparameter",
-    "schedule_hyperparameter",
-    "unschedule_hyperparameter",
-    "MomentumScheduler",
-    "default_hyperparameter",
-]
-
-
-class ScheduledHyperparameter(float):
-    """A float that evaluates ``schedule(optimizer.iterations)`` when TensorFlow reads it.
-
-    As a Python ``float`` it equals ``nominal`` (the optimizer's original value);
-    comparisons, ``float()``, ``get_config`` and JSON use that. Converted to a
-    tensor (``tf.convert_to_tensor``, ``ops.cast``) or combined arithmetically
-    it is ``schedule(optimizer.iterations)``, computed in the graph being traced.
-
-    Args:
-        nominal: The float seen by non-numeric code (the original hyperparameter).
-        schedule: Callable ``step -> value`` (e.g. a ``LearningRateSchedule``).
-        optimizer: The optimizer whose ``iterations`` is the step.
-    """
-
-    # Keras' dtype inference (``getattr(x, "dtype", type(x))``) must treat this
-    # as a weakly typed Python float, like the float it replaces.
-    dtype = float
-
-    def __new__(cls, nominal: float, schedule, optimizer):
-        obj = super().__new__(cls, nominal)
-        obj.schedule = schedule
-        obj.optimizer = optimizer
-        # Read in-graph: switching the schedule off (MomentumScheduler.on_train_end)
-        # or on again needs no retrace of an already traced step.
-        obj.enabled = tf.Variable(True, trainable=False, name="hyperparameter_schedule_enabled")
-        return obj
-
-    def __tf_tensor__(self, dtype=None, name=None):
-        dtype = tf.as_dtype(dtype or tf.float32)
-        value = tf.cast(self.schedule(self.optimizer.iterations), dtype)
-        return tf.where(self.enabled, value, tf.constant(float(self), dtype), name=name)
-
-    def current(self, step: int | None = None) -> float:
-        """Host-side value at ``step`` (default: the last update, ``iterations - 1``)."""
-        if not bool(self.enabled.numpy()):
-            return float(self)
-        if step is None:
-            step = max(int(tf.convert_to_tensor(self.optimizer.iterations).numpy()) - 1, 0)
-        return float(tf.convert_to_tensor(self.schedule(step)).numpy())
-
-    def _tensor_like(self, other):
-        dtype = getattr(other, "dtype", None)
-        if not isinstance(dtype, tf.dtypes.DType):
-            try:
-                dtype = tf.as_dtype(dtype) if dtype is not None and dtype is not float else tf.float32
-            except TypeError:
-                dtype = tf.float32
-        if not dtype.is_floating:
-            dtype = tf.float32
-        return self.__tf_tensor__(dtype)
-
-    def __add__(self, other):
-        return self._tensor_like(other) + other
-
-    def __radd__(self, other):
-        return other + self._tensor_like(other)
-
-    def __sub__(self, other):
-        return self._tensor_like(other) - other
-
-    def __rsub__(self, other):
-        return other - self._tensor_like(other)
-
-    def __mul__(self, other):
-        return self._tensor_like(other) * other
-
-    def __rmul__(self, other):
-        return other * self._tensor_like(other)
-
-    def __truediv__(self, other):
-        return self._tensor_like(other) / other
-
-    def __rtruediv__(self, other):
-        return other / self._tensor_like(other)
-
-    def __pow__(self, other):
-        return self._tensor_like(other) ** other
-
-    def __rpow__(self, other):
-        return other ** self._tensor_like(other)
-
-    def __neg__(self):
-        return -self.__tf_tensor__()
-
-    def __reduce__(self):
-        # Copies (deepcopy, pickle) degrade to the plain nominal float.
-        return (float, (float(self),))
-
-    def __repr__(self):
-        return f"ScheduledHyperparameter({float(self)!r}, schedule={self.schedule!r})"
+__all__ = ["MomentumScheduler", "schedule_hyperparameter", "unschedule_hyperparameter"]
 
 
-def default_hyperparameter(optimizer) -> str:
-    """``"momentum"`` for SGD/RMSprop-like optimizers, ``"beta_1"`` for the Adam family and Lion."""
-    optimizer = base_optimizer(optimizer)
-    for name in ("momentum", "beta_1"):
-        if hasattr(optimizer, name):
-            return name
-    raise ValueError(
-        f"{type(optimizer).__name__} has neither `momentum` nor `beta_1`; "
-        "momentum scheduling supports SGD, RMSprop, Adam, AdamW, Adamax, Nadam and Lion."
-    )
-
-
-def schedule_hyperparameter(optimizer, schedule, hyperparameter: str | None = None) -> ScheduledHyperparameter:
-    """Make ``schedule`` drive ``hyperparameter`` of the innermost optimizer of ``optimizer``.
+def schedule_hyperparameter(optimizer, schedule, hyperparameter: str | None = None) -> float:
+    """Make ``schedule`` drive ``hyperparameter`` of every leaf optimizer of ``optimizer``.
 
     Call it before the train step is traced (``MomentumScheduler`` does it in
-    ``on_train_begin``): a step traced earlier baked the old float in. Calling
-    it again with the same schedule re-enables the installed object and
-    returns it unchanged (no retrace needed). ``unschedule_hyperparameter``
-    restores the plain float (re-trace steps afterwards). An *unbuilt*
-    SGD/RMSprop with ``momentum=0.0`` takes ``schedule(0)`` as its float value,
-    so that it builds momentum slots; a built one raises ``ValueError``.
+    ``on_train_begin``). Calling it again with the same schedule re-enables it
+    without a retrace. An *unbuilt* SGD/RMSprop with ``momentum=0.0`` takes
+    ``schedule(0)`` as its float (so that it builds momentum slots); a built
+    one raises ``ValueError``.
 
     Args:
-        optimizer: A Keras optimizer or wrapper chain (``inner_optimizer``).
-        schedule: Callable ``step -> value`` evaluated in-graph; values in [0, 1].
-        hyperparameter: ``"momentum"``, ``"beta_1"`` or ``None`` (chosen by optimizer type).
+        optimizer: a Keras optimizer tree (wrappers, ``MultiOptimizer``).
+        schedule: callable ``step -> value`` evaluated in-graph; values in [0, 1].
+        hyperparameter: ``"momentum"``, ``"beta_1"`` or ``None`` (by optimizer type).
 
     Returns:
-        The ``ScheduledHyperparameter`` now set on the optimizer.
+        The float now set on the (first) leaf: its value for ``get_config``.
 
     Example:
         >>> import keras
         >>> from tfkit.callbacks import schedule_hyperparameter
         >>> sgd = keras.optimizers.SGD(0.1, momentum=0.9)
-        >>> m = schedule_hyperparameter(sgd, keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.5))
-        >>> float(sgd.momentum), round(float(keras.ops.convert_to_numpy(keras.ops.cast(sgd.momentum, "float32"))), 4)
-        (0.9, 0.9)
+        >>> schedule_hyperparameter(sgd, keras.optimizers.schedules.ExponentialDecay(0.9, 10, 0.5))
+        0.9
     """
-    inner = base_optimizer(optimizer)
-    name = hyperparameter or default_hyperparameter(inner)
-    if name not in ("momentum", "beta_1"):
-        raise ValueError(f"`hyperparameter` must be 'momentum', 'beta_1' or None; received hyperparameter={name!r}.")
-    if not hasattr(inner, name):
-        raise ValueError(f"{type(inner).__name__} has no `{name}` to schedule; received hyperparameter={name!r}.")
-    if not callable(schedule):
-        raise TypeError(f"`schedule` must be callable (step -> value); received schedule={schedule!r}.")
-    first = float(tf.convert_to_tensor(schedule(0)))
-    if not (math.isfinite(first) and 0.0 <= first <= 1.0):
-        raise ValueError(f"`schedule(0)` must be a finite value in [0, 1] for `{name}`; received {first!r}.")
-    current = getattr(inner, name)
-    if isinstance(current, ScheduledHyperparameter):
-        if current.schedule is schedule and current.optimizer is inner:
-            current.enabled.assign(True)  # same object re-enabled: traced steps stay valid
-            return current
-        current = float(current)
-    nominal = float(current)
-    if nominal == 0.0:
-        # SGD and RMSprop create their momentum slots only when momentum != 0.
-        if inner.built or first == 0.0:
-            raise ValueError(
-                f"{type(inner).__name__} has {name}=0.0, so it has (or will build) no momentum slots; "
-                f"construct it with {name} > 0 (e.g. the schedule's first value) to schedule it."
-            )
-        nominal = first  # an unbuilt optimizer then builds its slots; get_config reports this value
-    value = ScheduledHyperparameter(nominal, schedule, inner)
-    setattr(inner, name, value)
-    return value
+    states = control(optimizer)
+    for state in states.values():
+        state.schedule_momentum(schedule, hyperparameter)
+    first = next(iter(states.values()))
+    return float(getattr(first.optimizer, first.momentum_name))
 
 
 def unschedule_hyperparameter(optimizer, hyperparameter: str | None = None) -> None:
-    """Put back the plain float replaced by ``schedule_hyperparameter`` (no-op if none)."""
-    inner = base_optimizer(optimizer)
-    name = hyperparameter or default_hyperparameter(inner)
-    current = getattr(inner, name, None)
-    if isinstance(current, ScheduledHyperparameter):
-        setattr(inner, name, float(current))
+    """Put back the plain floats replaced by ``schedule_hyperparameter`` (re-trace steps afterwards)."""
+    for state in control(optimizer).values():
+        leaf = state.optimizer
+        name = hyperparameter or state.momentum_name or default_momentum_name(leaf)
+        current = getattr(leaf, name, None)
+        if isinstance(current, _ControlledFloat):
+            setattr(leaf, name, float(current))
+        state.momentum_enabled.assign(False)
+        state.momentum_schedule = None
+        state.momentum_name = None
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
 class MomentumScheduler(keras.callbacks.Callback):
     """Cycle ``momentum`` (SGD, RMSprop) or ``beta_1`` (Adam family, Lion) with a schedule.
 
-    ``value_k = schedule(k)`` for the ``k``-th real optimizer update
-    (``k = 0, 1, ...``), computed inside the compiled train step (XLA
-    included) from the innermost optimizer's ``iterations``: exact at every
-    update with ``steps_per_execution > 1``, through ``LossScaleOptimizer`` and
-    gradient accumulation, with a single trace. ``on_train_begin`` installs the
-    ``ScheduledHyperparameter`` (and re-traces a train step traced earlier
-    without it); ``on_train_end`` switches it off in-graph (a variable), so a
-    later ``fit`` without this callback uses the original float and repeated
-    ``fit`` calls with it do not retrace. The optimizer's ``get_config`` always
-    shows the original float.
+    ``value_k = schedule(k)`` for the ``k``-th real update of each leaf optimizer,
+    computed inside the compiled train step (XLA included) from that leaf's
+    ``iterations``: exact at every update with ``steps_per_execution > 1``,
+    through ``LossScaleOptimizer``, gradient accumulation and Keras'
+    ``MultiOptimizer``, with a single trace. ``on_train_begin`` installs the
+    schedule in the optimizers' hyperparameter state (and re-traces a step
+    traced without it, once); ``on_train_end`` switches it off in-graph, so a
+    later ``fit`` without this callback uses the original float, and repeated
+    ``fit`` calls with it do not retrace.
 
-    In a custom ``tf.function`` loop, drive it through
-    ``keras.callbacks.CallbackList`` and call ``on_train_begin`` before the
-    first call of the step function (or use ``schedule_hyperparameter``).
+    In a custom loop, drive it through ``keras.callbacks.CallbackList`` and call
+    ``on_train_begin`` before the step function is first traced; with an
+    uncompiled model, build ``tfkit.TrainStep(model, loss, optimizer)`` first.
 
     Args:
-        schedule: Callable ``step -> value`` (e.g. ``OneCycle(...).momentum_schedule``
-            or any ``LearningRateSchedule``); serializable if the callback is to be.
+        schedule: callable ``step -> value`` (e.g. ``OneCycle(...).momentum_schedule``
+            or any ``LearningRateSchedule``) for every parameter group, or a dict
+            ``{group name: schedule}`` (see ``tfkit.optimizers.parameter_groups``);
+            groups missing from the dict keep their float.
         hyperparameter: ``"momentum"``, ``"beta_1"`` or ``None`` (by optimizer type).
 
     Example:
@@ -254,39 +117,56 @@ class MomentumScheduler(keras.callbacks.Callback):
 
     def __init__(self, schedule, hyperparameter: str | None = None):
         super().__init__()
-        if not callable(schedule):
-            raise TypeError(f"MomentumScheduler: `schedule` must be callable; received schedule={schedule!r}.")
+        if isinstance(schedule, dict):
+            bad = {k: v for k, v in schedule.items() if not isinstance(k, str) or not callable(v)}
+            if bad or not schedule:
+                raise TypeError("MomentumScheduler: a dict `schedule` must map group names (str) to callables; "
+                                f"received schedule={schedule!r}.")
+        elif not callable(schedule):
+            raise TypeError("MomentumScheduler: `schedule` must be callable or a dict {group name: callable}; "
+                            f"received schedule={schedule!r}.")
         if hyperparameter not in (None, "momentum", "beta_1"):
             raise ValueError("MomentumScheduler: `hyperparameter` must be 'momentum', 'beta_1' or None; "
                              f"received hyperparameter={hyperparameter!r}.")
         self.schedule = schedule
         self.hyperparameter = hyperparameter
-        self._name = None
-        self._value = None
+        self._states = []
 
     def on_train_begin(self, logs=None):
-        optimizer = self.model.optimizer
-        self._name = self.hyperparameter or default_hyperparameter(optimizer)
-        before = getattr(base_optimizer(optimizer), self._name)
-        value = schedule_hyperparameter(optimizer, self.schedule, self._name)
-        if value is not before:
-            refresh_train_function(self.model)  # a step traced earlier holds the old float
-        self._value = value
+        states = install_for("MomentumScheduler", self.model)
+        if isinstance(self.schedule, dict):
+            unknown = sorted(set(self.schedule) - set(states))
+            if unknown:
+                raise ValueError(f"MomentumScheduler: unknown parameter group(s) {unknown} in `schedule`; "
+                                 f"the optimizer's groups are {sorted(states)}.")
+            chosen = {name: (states[name], s) for name, s in self.schedule.items()}
+        else:
+            chosen = {name: (state, self.schedule) for name, state in states.items()}
+        retrace = False
+        for state, schedule in chosen.values():
+            retrace |= state.schedule_momentum(schedule, self.hyperparameter)
+        if retrace:
+            refresh_train_function(self.model)  # a step traced earlier holds the old schedule
+        self._states = [state for state, _ in chosen.values()]
 
     def on_train_end(self, logs=None):
-        # Switched off in-graph, not removed: the optimizer and the traced step
-        # stay valid, a later fit without this callback uses the original
-        # float, and a later fit with it needs no retrace.
-        self._value.enabled.assign(False)
+        # Switched off in-graph, not removed: the traced step stays valid.
+        for state in self._states:
+            state.momentum_enabled.assign(False)
 
     def get_config(self) -> dict:
-        return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
-            "hyperparameter": self.hyperparameter,
-        }
+        if isinstance(self.schedule, dict):
+            schedule = {k: keras.saving.serialize_keras_object(v) for k, v in self.schedule.items()}
+        else:
+            schedule = keras.saving.serialize_keras_object(self.schedule)
+        return {"schedule": schedule, "hyperparameter": self.hyperparameter}
 
     @classmethod
     def from_config(cls, config: dict) -> MomentumScheduler:
         config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        schedule = config["schedule"]
+        if isinstance(schedule, dict) and "class_name" not in schedule:
+            config["schedule"] = {k: keras.saving.deserialize_keras_object(v) for k, v in schedule.items()}
+        else:
+            config["schedule"] = keras.saving.deserialize_keras_object(schedule)
         return cls(**config)

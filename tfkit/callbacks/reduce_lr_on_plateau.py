@@ -1,24 +1,16 @@
-"""Reduce the learning rate on a plateau, whatever the learning rate is (float, variable, schedule)."""
+"""Reduce the learning rate on a plateau, whatever the learning rate is (float, schedule, groups)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import keras
 import numpy as np
 
 from tfkit.callbacks import _monitor
-from tfkit.callbacks._optimizer_access import (
-    base_optimizer,
-    is_schedule,
-    last_used_learning_rate,
-    raw_learning_rate,
-    refresh_train_function,
-    to_numpy,
-)
 from tfkit.callbacks._state import CallbackState, MonitorStateMixin
-from tfkit.callbacks.scaled_schedule import ScaledSchedule
+from tfkit.callbacks.hyperparameter_logger import learning_rate_logs
+from tfkit.optimizers.hyperparameters import install_for
 
 __all__ = ["ReduceLROnPlateau"]
 
@@ -28,28 +20,24 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
     """Reduce the learning rate when a monitored quantity stops improving.
 
     Keras' ``ReduceLROnPlateau`` raises ``TypeError`` when the optimizer's
-    learning rate is a ``LearningRateSchedule`` (DESIGN.md K4). This one works
-    for any learning rate:
+    learning rate is a ``LearningRateSchedule``, and ``AttributeError`` on a
+    ``MultiOptimizer``. This one works on any optimizer tree: a reduction
+    multiplies the ``learning_rate_multiplier`` of every parameter group's
+    :class:`tfkit.optimizers.HyperparameterState` by the same factor, so the
+    groups keep their ratios and every schedule keeps its shape; the rate an
+    update applies is ``multiplier * rate(step)``. ``min_lr`` bounds the
+    *reduction*: the factor is never so small that the largest group's last
+    applied rate falls below ``min_lr`` (the schedule's own decay is not clamped).
 
-    * **float / variable**: as Keras, ``lr <- max(lr * factor, min_lr)`` is
-      assigned to the optimizer's learning-rate variable.
-    * **schedule**: in ``on_train_begin`` the schedule is wrapped once in
-      ``ScaledSchedule(schedule, multiplier)`` (before Keras traces the train
-      step), and a reduction does ``multiplier <- multiplier * factor``. The
-      schedule keeps its shape; the effective rate is
-      ``multiplier * schedule(step)``. ``min_lr`` bounds the *reduction*: the
-      multiplier is never lowered so far that the current effective rate falls
-      below ``min_lr`` (the schedule's own decay is not clamped).
-
-    The multiplier is a ``tf.Variable`` read in-graph (no retrace when it
-    changes), stored in the optimizer's config (``.keras`` files reload the
-    reduced rate) and mirrored in ``self.state`` with the counters (``wait``,
-    ``best``, ``cooldown_counter``) for ``tf.train.Checkpoint`` resumes; see
+    The multiplier is a variable read in-graph (no retrace when it changes),
+    tracked by the optimizer (``tf.train.Checkpoint(optimizer=...)`` saves it)
+    and mirrored in ``self.state`` with the counters (``wait``, ``best``,
+    ``cooldown_counter``) for resumes through ``BackupAndRestore``; see
     ``tfkit.callbacks.EarlyStopping`` for the resume rule.
 
     In a custom loop driven through ``keras.callbacks.CallbackList``, call
-    ``on_train_begin`` before the step function is first traced: the wrapper
-    must be in place when the graph reads the learning rate.
+    ``on_train_begin`` before the step function is first traced (with an
+    uncompiled model, create ``tfkit.TrainStep`` first).
 
     Decision rule (Keras'): at each epoch end, in cooldown the counter
     decreases and ``wait = 0``; an improvement (``min_delta``, ``threshold_mode``
@@ -124,7 +112,8 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
             multiplier=(1.0, "float64"),
         )
         self._direction = None
-        self._scaled = None
+        self._groups = {}
+        self._last_step, self._since_update = None, 1.0
 
     @property
     def cooldown_counter(self) -> int:
@@ -132,39 +121,26 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
 
     @property
     def multiplier(self) -> float:
-        """Product of the reductions applied on top of a schedule (1.0 for a float rate)."""
+        """Product of the reductions applied so far (the groups' ``learning_rate_multiplier``)."""
         return self.state.get("multiplier")
 
     def on_train_begin(self, logs=None):
         resuming = self.state.begin()
-        optimizer = base_optimizer(self.model)
-        lr = raw_learning_rate(optimizer)
-        self._scaled = None
-        if is_schedule(lr):
-            if not isinstance(lr, ScaledSchedule):
-                strategy = getattr(self.model, "distribute_strategy", None)
-                with strategy.scope() if strategy is not None else contextlib.nullcontext():
-                    lr = ScaledSchedule(lr, 1.0)
-                optimizer.learning_rate = lr
-                refresh_train_function(self.model)
-            self._scaled = lr
-            if resuming:
-                lr.multiplier.assign(self.multiplier)
-            else:
-                # A schedule reduced in an earlier fit stays reduced (as Keras' float rate does).
-                self.state.set("multiplier", float(lr.multiplier.numpy()))
-        elif callable(lr) and not isinstance(lr, keras.Variable):
-            raise TypeError(
-                "ReduceLROnPlateau: the optimizer's learning rate is a plain callable "
-                f"({lr!r}); use a float, a variable or a keras LearningRateSchedule."
-            )
+        self._groups = install_for("ReduceLROnPlateau", self.model)
+        if resuming:
+            for state in self._groups.values():
+                state.learning_rate_multiplier.assign(self.multiplier)
+        else:
+            # A rate reduced in an earlier fit stays reduced (as Keras' float rate does).
+            first = next(iter(self._groups.values()))
+            self.state.set("multiplier", float(first.learning_rate_multiplier.numpy()))
 
     def on_epoch_end(self, epoch, logs=None):
-        optimizer = base_optimizer(self.model)
         if logs is not None:
-            # As Keras' callback, but the rate of the last update, and a
-            # HyperparameterLogger placed earlier keeps its (identical) value.
-            logs.setdefault("learning_rate", last_used_learning_rate(optimizer))
+            # As Keras' callback, but the rate(s) of the last update; a
+            # HyperparameterLogger placed earlier wrote the same values.
+            for key, value in learning_rate_logs(self._groups).items():
+                logs.setdefault(key, value)
         current = self._lookup(logs)
         if current is None:
             return
@@ -180,29 +156,32 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
         elif cooldown_counter <= 0:
             wait += 1
             if wait >= self.patience:
-                if self._reduce(optimizer, epoch):
+                if self._reduce(epoch):
                     cooldown_counter = self.cooldown
                     wait = 0
         self.state.set("wait", wait)
         self.state.set("cooldown_counter", cooldown_counter)
 
-    def _reduce(self, optimizer, epoch) -> bool:
-        current_lr = float(to_numpy(optimizer.learning_rate))
-        if not current_lr > np.float32(self.min_lr):
+    def _reduce(self, epoch) -> bool:
+        # The current rate is the one the last update applied, times the
+        # reductions made since that update (recorded state, no schedule evaluation).
+        step = max(int(state.applied_step.numpy()) for state in self._groups.values())
+        if step != self._last_step:
+            self._last_step, self._since_update = step, 1.0
+        largest = self._since_update * max(state.learning_rate() for state in self._groups.values())
+        if not largest > np.float32(self.min_lr):
             return False
-        if self._scaled is None:
-            new_lr = max(current_lr * self.factor, self.min_lr)
-            optimizer.learning_rate = new_lr
-            message = f"learning rate to {new_lr}"
-        else:
-            multiplier = float(self._scaled.multiplier.numpy())
-            schedule_now = current_lr / multiplier
-            new_multiplier = max(multiplier * self.factor, self.min_lr / schedule_now)
-            self._scaled.multiplier.assign(new_multiplier)
-            self.state.set("multiplier", new_multiplier)
-            message = f"learning-rate multiplier to {new_multiplier}"
+        factor = max(self.factor, self.min_lr / largest)
+        for state in self._groups.values():
+            multiplier = float(state.learning_rate_multiplier.numpy()) * factor
+            if not (math.isfinite(multiplier) and multiplier > 0):
+                raise ValueError(f"ReduceLROnPlateau: the learning-rate multiplier became {multiplier!r}.")
+            state.learning_rate_multiplier.assign(multiplier)
+        self._since_update *= factor
+        self.state.set("multiplier", self.multiplier * factor)
         if self.verbose:
-            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing {message}.")
+            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing the learning rate(s) by {factor:g} "
+                  f"(multiplier {self.multiplier:g}).")
         return True
 
     def on_train_end(self, logs=None):

@@ -1,4 +1,4 @@
-"""A learning-rate schedule multiplied by a variable factor (used by ReduceLROnPlateau)."""
+"""A learning-rate schedule multiplied by a factor (used by ``tfkit.optimizers.layerwise_decay``)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ __all__ = ["ScaledSchedule"]
 class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """``multiplier * schedule(step)``, with the multiplier in a ``tf.Variable``.
 
-    ``ReduceLROnPlateau`` wraps an optimizer's schedule in this so that it can
-    lower the rate without replacing the schedule: the schedule keeps its
-    shape (warmup, cosine, OneCycle, ...), scaled down by the accumulated
-    reductions. Because the multiplier is a variable read inside the traced
-    step, changing it never retraces, and it can be checkpointed
-    (``tf.train.Checkpoint(multiplier=s.multiplier)``); ``get_config`` stores its
-    current value, so a saved model reloads with the reduced rate.
+    The schedule keeps its shape (warmup, cosine, OneCycle, ...), scaled by a
+    constant factor: ``layerwise_decay`` builds its deeper groups' schedules
+    this way. The multiplier is a variable read inside the traced step
+    (changing it never retraces); ``get_config`` stores its current value.
+    (``ReduceLROnPlateau`` no longer wraps schedules: it scales the
+    optimizer's ``HyperparameterState``.)
 
     Formula: ``lr(step) = multiplier * schedule(step)``.
 

@@ -1,17 +1,23 @@
-"""Walking chains of wrapped optimizers.
+"""Walking optimizer trees: wrappers, parameter groups, any nesting.
 
-tfkit wraps optimizers (``LossScaleOptimizer(GradientAccumulator(AdamW(...)))``).
-Every wrapper, Keras' own ``LossScaleOptimizer`` included, exposes the wrapped
-optimizer as ``inner_optimizer``; these helpers follow that attribute so that
-callbacks can find the optimizer that owns the learning rate and momentum, and
-the one that owns the loss scale, without knowing the wrapping order.
+tfkit wraps optimizers (``LossScaleOptimizer(GradientAccumulator(AdamW(...)))``)
+and Keras' ``MultiOptimizer`` splits the variables between sub-optimizers
+(PyTorch's parameter groups). A wrapper exposes the optimizer it wraps as
+``inner_optimizer`` (Keras' ``LossScaleOptimizer``, tfkit's
+``LossScaleOptimizer`` and ``GradientAccumulator``); a ``MultiOptimizer``
+exposes its sub-optimizers as ``optimizers``. These helpers follow both, so
+callbacks find the *leaf* optimizers (the ones that update weights and own a
+learning rate and momentum) and the wrappers (loss scale, accumulation
+window) without knowing the wrapping order.
 
 Example:
     >>> import keras
-    >>> from tfkit.optimizers import innermost
-    >>> sgd = keras.optimizers.SGD(0.1)
+    >>> from tfkit.optimizers import innermost, parameter_groups
+    >>> sgd = keras.optimizers.SGD(0.1, name="sgd")
     >>> innermost(keras.optimizers.LossScaleOptimizer(sgd)) is sgd
     True
+    >>> list(parameter_groups(keras.optimizers.LossScaleOptimizer(sgd)))
+    ['sgd']
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from collections.abc import Iterator
 
 import keras
 
-__all__ = ["optimizer_chain", "innermost", "find_in_chain"]
+__all__ = [
+    "find_in_chain",
+    "innermost",
+    "leaves",
+    "optimizer_chain",
+    "parameter_groups",
+    "walk",
+]
 
 
 def optimizer_chain(optimizer: keras.optimizers.Optimizer) -> Iterator[keras.optimizers.Optimizer]:
@@ -33,7 +46,7 @@ def optimizer_chain(optimizer: keras.optimizers.Optimizer) -> Iterator[keras.opt
 
 
 def innermost(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
-    """Return the optimizer at the bottom of a wrapper chain (the one that updates weights)."""
+    """Return the optimizer at the bottom of a wrapper chain (a leaf or a ``MultiOptimizer``)."""
     *_, last = optimizer_chain(optimizer)
     return last
 
@@ -44,3 +57,56 @@ def find_in_chain(optimizer: keras.optimizers.Optimizer, attribute: str):
         if hasattr(opt, attribute):
             return opt
     return None
+
+
+def _children(optimizer) -> list:
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if isinstance(inner, keras.optimizers.Optimizer):
+        return [inner]
+    # keras.optimizers.MultiOptimizer (a Keras newer than 3.10, e.g. 3.15): the public ``optimizers``
+    # property lists the sub-optimizers, in the order they were registered.
+    subs = getattr(type(optimizer), "optimizers", None)
+    if isinstance(subs, property):
+        subs = optimizer.optimizers
+        if isinstance(subs, (list, tuple)) and all(
+            isinstance(s, keras.optimizers.Optimizer) for s in subs
+        ):
+            return list(subs)
+    return []
+
+
+def walk(optimizer: keras.optimizers.Optimizer) -> Iterator[keras.optimizers.Optimizer]:
+    """Yield every optimizer of the tree, parents before children (each once)."""
+    seen, stack = set(), [optimizer]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        stack.extend(reversed(_children(node)))
+
+
+def leaves(optimizer: keras.optimizers.Optimizer) -> list[keras.optimizers.Optimizer]:
+    """The optimizers of the tree that update weights themselves (no inner optimizers)."""
+    return [node for node in walk(optimizer) if not _children(node)]
+
+
+def parameter_groups(
+    optimizer: keras.optimizers.Optimizer,
+) -> dict[str, keras.optimizers.Optimizer]:
+    """``{group name: leaf optimizer}``; the name is the leaf's ``name``.
+
+    Keras already numbers default names (``"sgd"``, ``"sgd_1"``, ... in
+    creation order); two leaves given the same ``name=`` are told apart by
+    their position (``"head"``, ``"head_1"``). Give the sub-optimizers of a
+    ``MultiOptimizer`` their own ``name=`` to get stable keys.
+    """
+    groups: dict[str, keras.optimizers.Optimizer] = {}
+    for leaf in leaves(optimizer):
+        name, i = leaf.name, 0
+        while name in groups:
+            i += 1
+            name = f"{leaf.name}_{i}"
+        groups[name] = leaf
+    return groups

@@ -14,7 +14,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfkit.optimizers import optimizer_chain
+from tfkit import _internals
+from tfkit.optimizers.hyperparameters import STATE_ATTRIBUTE
+from tfkit.optimizers.tree import walk
 
 
 def ensure_built(model: keras.Model, batch) -> None:
@@ -24,16 +26,18 @@ def ensure_built(model: keras.Model, batch) -> None:
     step; a snapshot taken before that would miss them. Keras' own symbolic
     build (no computation, no memory) creates them up front.
     """
-    build = getattr(model, "_maybe_symbolic_build", None)
-    if build is not None:  # private in Keras 3.x; without it, state is built lazily
-        build(data_batch=keras.utils.unpack_x_y_sample_weight(batch))
+    _internals.symbolic_build(model, keras.utils.unpack_x_y_sample_weight(batch))
 
 
 def _state_variables(model: keras.Model) -> list:
     found, seen = [], set()
     groups = [model.variables, model.metrics_variables]
     if model.optimizer is not None:
-        groups += [opt.variables for opt in optimizer_chain(model.optimizer)]
+        for opt in walk(model.optimizer):
+            groups.append(opt.variables)
+            state = getattr(opt, STATE_ATTRIBUTE, None)
+            if state is not None:  # tfkit's hyperparameter state (not in opt.variables)
+                groups.append(state.trainable_variables + state.non_trainable_variables)
     for group in groups:
         for v in group:
             if id(v) not in seen:

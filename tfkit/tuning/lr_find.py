@@ -36,8 +36,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkit.optimizers import innermost, optimizer_chain
-from tfkit.tuning._state import TrainingState
+from tfkit.optimizers.hyperparameters import control, is_controlled
+from tfkit.optimizers.tree import walk
+from tfkit.tuning._state import TrainingState, ensure_built
 
 __all__ = ["LRFinderResult", "lr_find"]
 
@@ -189,22 +190,12 @@ def _batches(data, batch_size: int | None, seed: int) -> Iterator:
 
 def _micro_batches_per_update(optimizer) -> int:
     """How many ``train_on_batch`` calls make one real optimizer update."""
-    for opt in optimizer_chain(optimizer):
+    for opt in walk(optimizer):
         for attribute in ("accumulation_steps", "gradient_accumulation_steps"):
             steps = getattr(opt, attribute, None)
             if isinstance(steps, int) and steps > 1:
                 return steps
     return 1
-
-
-class _SweepRate:
-    """Zero-argument callable a Keras optimizer accepts as ``learning_rate``."""
-
-    def __init__(self, variable: tf.Variable):
-        self.variable = variable
-
-    def __call__(self):
-        return self.variable
 
 
 def _check_args(min_lr, max_lr, steps, beta, divergence_threshold) -> None:
@@ -247,10 +238,14 @@ def lr_find(
     ``accumulation_steps`` or Keras' ``gradient_accumulation_steps`` N > 1),
     one update is N micro-batches at the same rate and its loss is their mean.
 
-    The learning rate is set on the innermost optimizer of the wrapper chain
-    (the one that owns it). A float rate is assigned in place; a
-    ``LearningRateSchedule`` (or callable) is swapped for the sweep and put back
-    afterwards together with the train function traced for it.
+    The rate is set through each leaf optimizer's
+    ``HyperparameterState.learning_rate_override`` (a variable read in-graph:
+    whatever the optimizer's rate is -- float, schedule, callable -- every
+    update applies exactly the swept rate, with no retrace per step). On a
+    ``MultiOptimizer`` all parameter groups sweep together, keeping the ratios
+    of their current rates: the largest group gets ``lrs[i]`` (reported), the
+    others ``lrs[i] * rate_g / rate_max``. The override is removed afterwards
+    and every variable, the control state's included, is restored bit for bit.
 
     Args:
         model: a compiled Keras model.
@@ -291,17 +286,17 @@ def lr_find(
     batches = _batches(data, batch_size, seed)
     first = next(batches)
 
+    ensure_built(model, first)
+    if not is_controlled(model.optimizer):
+        model.train_function = None  # a step traced before the install ignores the override
+    groups = control(model.optimizer)
     state = TrainingState.capture(model, first)
-    owner = innermost(model.optimizer)
-    original_rate = owner._learning_rate
-    original_train_function = model.train_function
-    sweep_rate = None
-    if not isinstance(original_rate, keras.Variable):
-        # A schedule is baked into the traced step: swap in a callable reading a
-        # variable, trace once for the sweep, and put the original trace back after.
-        sweep_rate = tf.Variable(float(min_lr), dtype="float32", trainable=False)
-        owner._learning_rate = _SweepRate(sweep_rate)
-        model.train_function = None
+    current = {name: g.learning_rate() for name, g in groups.items()}
+    reference = max(current.values())
+    if not (math.isfinite(reference) and reference > 0):
+        raise ValueError(f"lr_find: the optimizer's current learning rate(s) {current} must be finite "
+                         "and one of them > 0 to set the groups' ratios.")
+    ratios = {name: rate / reference for name, rate in current.items()}
 
     micro = _micro_batches_per_update(model.optimizer)
     lrs = min_lr * (max_lr / min_lr) ** (np.arange(steps) / (steps - 1))
@@ -313,10 +308,8 @@ def lr_find(
     pending = [first]
     try:
         for i, lr in enumerate(lrs):
-            if sweep_rate is None:
-                original_rate.assign(lr)
-            else:
-                sweep_rate.assign(lr)
+            for name, g in groups.items():
+                g.learning_rate_override.assign(lr * ratios[name])
             window = []
             for _ in range(micro):
                 x, y, sw = pending.pop() if pending else next(batches)
@@ -342,9 +335,6 @@ def lr_find(
                 diverged = True
                 break
     finally:
-        if sweep_rate is not None:
-            owner._learning_rate = original_rate
-            model.train_function = original_train_function
         state.restore()
 
     curve = [np.asarray(v, dtype="float64") for v in (rec_lrs, rec_losses, rec_smoothed)]
