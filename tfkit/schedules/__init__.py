@@ -15,21 +15,28 @@ Semantics (the same for every schedule):
   ``dtype="float64"``; step arithmetic runs in float64 (exact integer steps).
 """
 
+from tfkit.schedules.constant import Constant
 from tfkit.schedules.cosine import CosineDecay, CosineDecayRestarts
 from tfkit.schedules.cyclic import Cyclic
 from tfkit.schedules.exponential import ExponentialDecay, InverseTimeDecay, NaturalExpDecay
+from tfkit.schedules.get_scheduler import get_scheduler
+from tfkit.schedules.inverse_sqrt import InverseSqrtDecay
 from tfkit.schedules.join import Join
 from tfkit.schedules.linear_cosine import LinearCosineDecay
 from tfkit.schedules.one_cycle import OneCycle, OneCycleMomentum
 from tfkit.schedules.piecewise import MultiStepDecay, PiecewiseConstantDecay
 from tfkit.schedules.polynomial import PolynomialDecay
+from tfkit.schedules.product import Product
 from tfkit.schedules.warmup import Warmup
+from tfkit.schedules.warmup_stable_decay import WarmupStableDecay
 
 __all__ = [
+    "Constant",
     "CosineDecay",
     "CosineDecayRestarts",
     "Cyclic",
     "ExponentialDecay",
+    "InverseSqrtDecay",
     "InverseTimeDecay",
     "Join",
     "LinearCosineDecay",
@@ -39,5 +46,8 @@ __all__ = [
     "OneCycleMomentum",
     "PiecewiseConstantDecay",
     "PolynomialDecay",
+    "Product",
     "Warmup",
+    "WarmupStableDecay",
+    "get_scheduler",
 ]

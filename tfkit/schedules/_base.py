@@ -54,9 +54,28 @@ class ScheduleBase(LearningRateSchedule):
     def _compute(self, step: tf.Tensor) -> tf.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _peak(self) -> float | None:
+        """An upper bound of every value (None: unknown). ``Product`` checks overflow with it."""
+        return None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def peak_of(schedule) -> float | None:
+    """An upper bound of a schedule's values: tfkit schedules know theirs, others None."""
+    peak = getattr(schedule, "_peak", None)
+    return peak() if callable(peak) else None
+
+
+def check_representable(owner: str, value: float, dtype: str, received: str) -> None:
+    """Reject a combination of arguments whose largest value ``dtype`` cannot hold."""
+    if not value <= float(np.finfo(dtype).max):
+        raise ValueError(
+            f"{owner}: the largest rate of this schedule, {value!r}, overflows {dtype}; "
+            f"received {received}. Reduce one of these arguments."
+        )
 
 
 def step_as_float64(step) -> tf.Tensor:

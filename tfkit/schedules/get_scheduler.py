@@ -1,0 +1,2 @@
+def get_scheduler(*a, **k):
+    raise NotImplementedError
