@@ -19,7 +19,7 @@ from tfkit.schedules.constant import Constant
 from tfkit.schedules.cosine import CosineDecay, CosineDecayRestarts
 from tfkit.schedules.cyclic import Cyclic
 from tfkit.schedules.exponential import ExponentialDecay, InverseTimeDecay, NaturalExpDecay
-from tfkit.schedules.get_scheduler import get_scheduler
+from tfkit.schedules.huggingface import get_scheduler
 from tfkit.schedules.inverse_sqrt import InverseSqrtDecay
 from tfkit.schedules.join import Join
 from tfkit.schedules.linear_cosine import LinearCosineDecay
