@@ -312,6 +312,10 @@ def test_docstring_examples_run():
         "cyclic",
         "warmup",
         "join",
+        "constant",
+        "inverse_sqrt",
+        "product",
+        "warmup_stable_decay",
     ):
         module = importlib.import_module(f"tfkit.schedules.{name}")
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
