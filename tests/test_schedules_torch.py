@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from tfkit.schedules import (
     Constant,
+    CosineDecay,
+    Cyclic,
     ExponentialDecay,
     Join,
     MultiStepDecay,
@@ -117,3 +119,54 @@ def test_product_is_pointwise_and_keeps_the_first_dtype():
     # A Keras schedule is a valid factor (its peak is unknown, so it is not bounded).
     k = keras.optimizers.schedules.ExponentialDecay(1.0, 5, 0.5)
     np.testing.assert_allclose(float(Product([Constant(0.2), k])(10)), 0.2 * 0.25, rtol=1e-6)
+
+
+@pytest.mark.parametrize("key", sorted(k for k in GOLDEN if k.startswith("torch_cyclic_momentum_")))
+def test_cyclic_momentum_matches_cyclic_lr_cycle_momentum(key):
+    """CyclicLR(cycle_momentum=True) == MomentumScheduler(Cyclic(max_momentum, base_momentum, ...))."""
+    case = GOLDEN[key]
+    kw = case["kwargs"]
+    momentum = Cyclic(
+        kw["max_momentum"],  # at the cycle's start, where the rate is lowest
+        kw["base_momentum"],  # at the rate's peak
+        step_size=kw["step_size_up"],
+        step_size_down=kw["step_size_down"],
+        mode=kw["mode"],
+        gamma=kw["gamma"],
+    )
+    np.testing.assert_allclose(values(momentum, case["steps"]), case["momentum"], rtol=RTOL)
+
+
+def _readme_row(cls, kw, lr):
+    """The tfkit side of README's "Coming from PyTorch" row for ``cls``."""
+    if cls == "ConstantLR":
+        return Join([Constant(lr * kw["factor"]), Constant(lr)], [kw["total_iters"]])
+    if cls == "LinearLR":
+        return PolynomialDecay(
+            lr * kw["start_factor"], kw["total_iters"], end_learning_rate=lr * kw["end_factor"]
+        )
+    if cls == "PolynomialLR":
+        return PolynomialDecay(lr, kw["total_iters"], end_learning_rate=0.0, power=kw["power"])
+    if cls == "CosineAnnealingLR":
+        return CosineDecay(lr, kw["T_max"], alpha=kw["eta_min"] / lr)
+    raise AssertionError(cls)
+
+
+@pytest.mark.parametrize("key", sorted(k for k in GOLDEN if k.startswith("torch_row_")))
+def test_readme_rows_match_torch(key):
+    case = GOLDEN[key]
+    cls = case["reference"].rsplit(".", 1)[1]
+    lr, kw = case["base_lr"], case["kwargs"]
+    got = values(_readme_row(cls, kw, lr), case["steps"])
+    expected = np.array(case["values"])
+    if cls == "CosineAnnealingLR":
+        # Equal up to T_max; then torch's cosine rises again while tfkit holds eta_min.
+        n = kw["T_max"] + 1
+        np.testing.assert_allclose(got[:n], expected[:n], rtol=RTOL, atol=1e-9)
+        np.testing.assert_allclose(got[n:], kw["eta_min"], rtol=RTOL)
+        assert expected[-1] > kw["eta_min"] + 0.01
+        return
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-9)
+    if cls == "PolynomialLR":  # the README's point: the default end rate is not 0
+        default = PolynomialDecay(lr, kw["total_iters"], power=kw["power"])
+        assert float(default(100)) == pytest.approx(1e-4)

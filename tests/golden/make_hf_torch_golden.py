@@ -186,6 +186,48 @@ def torch_cases() -> dict:
             "steps": list(range(30)),
             "values": _lrs(make, 30),
         }
+    # Single schedulers of README's mapping rows (base lr 0.1), past their end too.
+    rows = {
+        "ConstantLR": dict(factor=0.25, total_iters=6),
+        "LinearLR": dict(start_factor=0.1, end_factor=0.8, total_iters=10),
+        "PolynomialLR": dict(total_iters=12, power=2.0),
+        "CosineAnnealingLR": dict(T_max=10, eta_min=0.01),
+    }
+    for cls, kw in rows.items():
+        cases[f"torch_row_{cls}"] = {
+            "reference": f"torch.optim.lr_scheduler.{cls}",
+            "base_lr": 0.1,
+            "kwargs": kw,
+            "steps": list(range(25)),
+            "values": _lrs(lambda o, cls=cls, kw=kw: getattr(S, cls)(o, **kw), 25),
+        }
+    # CyclicLR's momentum cycling (SGD momentum), for MomentumScheduler(Cyclic(...)).
+    for mode in ("triangular", "triangular2", "exp_range"):
+        kw = dict(
+            base_lr=0.001,
+            max_lr=0.01,
+            step_size_up=5,
+            step_size_down=3,
+            mode=mode,
+            gamma=0.98,
+            cycle_momentum=True,
+            base_momentum=0.8,
+            max_momentum=0.95,
+        )
+        param = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+        sched = S.CyclicLR(opt, **kw)
+        momentum = []
+        for _ in range(40):
+            momentum.append(float(opt.param_groups[0]["momentum"]))
+            opt.step()
+            sched.step()
+        cases[f"torch_cyclic_momentum_{mode}"] = {
+            "reference": "torch.optim.lr_scheduler.CyclicLR",
+            "kwargs": kw,
+            "steps": list(range(40)),
+            "momentum": momentum,
+        }
     # GradScaler: the scale after each update, for a fixed pattern of overflows.
     pattern = [False] * 7 + [True] + [False] * 3 + [True, True] + [False] * 12 + [True]
     pattern += [False] * 9
