@@ -250,6 +250,12 @@ BAD = [
     (("warmup_stable_decay", 0.1, 1), {"num_decay_steps": 3}, ValueError, "`num_stable_steps`"),
     (("warmup_stable_decay", 0.1, 5, 10), {"num_decay_steps": 6}, ValueError, "num_decay_steps=6"),
     (
+        ("warmup_stable_decay", 0.1, 5, 30),
+        {"num_decay_steps": 6, "num_stable_steps": 10},
+        ValueError,
+        "num_training_steps=30",
+    ),
+    (
         ("warmup_stable_decay", 0.1, 1, 10),
         {"num_decay_steps": 3, "min_lr_ratio": 2.0},
         ValueError,
@@ -270,6 +276,20 @@ def test_bad_arguments_give_clear_errors():
             get_scheduler(*args, **kwargs)
         assert text in str(info.value), (args, kwargs, str(info.value))
         assert "received" in str(info.value) or "callback" in str(info.value), info.value
+
+
+def test_counts_a_name_does_not_use_are_accepted_as_in_hugging_face():
+    # The Trainer passes both counts to every name.
+    np.testing.assert_array_equal(
+        values(get_scheduler("constant", 0.1, 10, 100), range(5)),
+        values(get_scheduler("constant", 0.1), range(5)),
+    )
+    a = get_scheduler("inverse_sqrt", 0.1, 10, 100)
+    np.testing.assert_array_equal(
+        values(a, range(200)), values(get_scheduler("inverse_sqrt", 0.1, 10), range(200))
+    )
+    s = get_scheduler("warmup_stable_decay", 0.1, 5, 21, num_decay_steps=6, num_stable_steps=10)
+    assert s.stable_steps == 10
 
 
 def test_scheduler_type_enum_like_names_are_accepted():

@@ -551,3 +551,39 @@ def test_fuzzed_arguments_error_clearly_or_work(cls):
         assert math.isclose(float(clone(17)), out[2], rel_tol=1e-7, abs_tol=1e-30)
 
     check()
+
+
+# --- Extremes the constructors accept: every accepted combination stays finite and >= 0.
+
+accepted = st.one_of(
+    st.sampled_from(EXTREMES), st.floats(0, 2), st.floats(0, 1.7e308), st.integers(0, 10**6)
+)
+long_counts = st.one_of(st.integers(0, 2**50), st.sampled_from([1, 2, 1e300]))
+EXTREME_FUZZ = {
+    cls: {
+        k: accepted if v is numbers else long_counts if v is counts else v
+        for k, v in strategies.items()
+    }
+    for cls, strategies in FUZZ.items()
+}
+EXTREME_STEPS = [0, 1, 2, 17, 2**24 + 1, 2**31 - 1, 2**40, 2**50]
+
+
+@pytest.mark.parametrize("cls", list(EXTREME_FUZZ), ids=lambda c: c.__name__)
+def test_extreme_accepted_arguments_stay_finite_and_non_negative(cls):
+    @settings(
+        max_examples=3 * FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(st.fixed_dictionaries(EXTREME_FUZZ[cls]))
+    def check(kwargs):
+        try:
+            schedule = cls(**kwargs)
+        except (ValueError, TypeError) as err:
+            assert str(err).startswith(f"{cls.__name__}: ") and "`" in str(err), err
+            return
+        import tensorflow as tf
+
+        out = np.asarray(schedule(tf.constant(EXTREME_STEPS, tf.int64)), np.float64)
+        assert np.all(np.isfinite(out)) and np.all(out >= 0), (kwargs, out)
+
+    check()

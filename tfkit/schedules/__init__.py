@@ -2,7 +2,8 @@
 
 Every class is a ``keras.optimizers.schedules.LearningRateSchedule``
 registered for Keras serialization under package ``tfkit``; pass one as an
-optimizer's ``learning_rate``.
+optimizer's ``learning_rate``. ``Warmup``, ``Join`` and ``Product`` compose
+any schedules; ``get_scheduler`` builds Hugging Face's named schedules.
 
 Semantics (the same for every schedule):
 

@@ -69,12 +69,14 @@ def peak_of(schedule) -> float | None:
     return peak() if callable(peak) else None
 
 
-def check_representable(owner: str, value: float, dtype: str, received: str) -> None:
-    """Reject a combination of arguments whose largest value ``dtype`` cannot hold."""
+def check_representable(owner: str, value: float, dtype: str, arguments: dict) -> None:
+    """Reject a combination of ``arguments`` whose largest value ``dtype`` cannot hold."""
     if not value <= float(np.finfo(dtype).max):
+        names = ", ".join(f"`{k}`" for k in arguments)
+        received = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
         raise ValueError(
-            f"{owner}: the largest rate of this schedule, {value!r}, overflows {dtype}; "
-            f"received {received}. Reduce one of these arguments."
+            f"{owner}: {names} must together give a largest value {dtype} can represent "
+            f"(here {value!r}); received {received}."
         )
 
 

@@ -112,7 +112,12 @@ def get_scheduler(
         num_warmup_steps: warmup steps ``W``, counted inside
             ``num_training_steps``; required by every name but "constant".
         num_training_steps: total steps ``T``; required by the decaying names
-            (and by "warmup_stable_decay" unless ``num_stable_steps`` is given).
+            (and by "warmup_stable_decay" unless ``num_stable_steps`` is given,
+            in which case a ``T`` given must equal the sum of the phases).
+            "constant", "constant_with_warmup" and "inverse_sqrt" never end
+            and take no ``T``; one given is accepted and unused, as in Hugging
+            Face, so the same call works for every name (the Trainer passes both
+            counts to every name, and "constant" takes no ``W`` either).
         **scheduler_specific_kwargs: the name's keywords (Hugging Face's
             ``scheduler_specific_kwargs`` dict, passed as keywords).
 
@@ -270,6 +275,13 @@ def _wsd(lr: float, w: int, total, kw: dict) -> WarmupStableDecay:
             )
     else:
         stable = check_number(_OWNER, "num_stable_steps", stable, low=0, integer=True)
+        # Hugging Face warns and uses num_stable_steps; a total that disagrees would be ignored.
+        if total is not None and total != w + stable + d:
+            raise ValueError(
+                f"{_OWNER}: `num_training_steps` must equal num_warmup_steps + num_stable_steps "
+                f"+ num_decay_steps when both are given; received num_training_steps={total!r}, "
+                f"num_warmup_steps={w!r}, num_stable_steps={stable!r}, num_decay_steps={d!r}."
+            )
     ratio = check_number(_OWNER, "min_lr_ratio", kw.get("min_lr_ratio", 0.0), low=0, high=1)
     return WarmupStableDecay(
         lr,

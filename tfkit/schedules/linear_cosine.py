@@ -74,9 +74,7 @@ class LinearCosineDecay(ScheduleBase):
         self.name = check_name(owner, name)
         # The factor (alpha + linear) * cosine + beta peaks at most at alpha + 1 + beta;
         # both it and the rate times it must fit the dtype (0 * inf would be NaN).
-        received = (
-            f"initial_learning_rate={initial_learning_rate!r}, alpha={alpha!r}, beta={beta!r}"
-        )
+        received = {"initial_learning_rate": initial_learning_rate, "alpha": alpha, "beta": beta}
         check_representable(owner, self._factor_bound, self.dtype, received)
         check_representable(owner, self._peak(), self.dtype, received)
 
