@@ -98,9 +98,10 @@ def get_scheduler(
     as tfkit does. ``cosine_warmup_with_min_lr`` evaluates its cosine one step
     ahead (at ``step - W + 1``): its warmup has ``W - 1`` steps and, so that
     step ``T`` still matches, the tfkit cosine spans ``t + 1`` steps; past
-    ``T`` it holds Hugging Face's value at ``T``. Hugging Face computes its
-    restarts as ``(num_cycles * progress) % 1``, which can land a restart one
-    rounding error early; tfkit places restarts at exact steps.
+    ``T`` it holds Hugging Face's value at ``T``. Hugging Face finds its
+    restarts with a floating-point ``(num_cycles * progress) % 1``; tfkit counts
+    cycles exactly; only with a restart period of a single step can rounding
+    make Hugging Face's restart land one step off.
 
     "reduce_lr_on_plateau" (and "greedy") depend on the loss, not the step:
     they raise ``ValueError`` pointing to ``tfkit.callbacks.ReduceLROnPlateau``.
