@@ -299,6 +299,12 @@ def test_scheduler_type_enum_like_names_are_accepted():
     s = get_scheduler(SchedulerType(), 0.1, 2, 12)
     np.testing.assert_allclose(values(s, [2]), [0.1], rtol=1e-6)
 
+    class Plateau:
+        value = "reduce_lr_on_plateau"
+
+    with pytest.raises(ValueError, match="tfkit.callbacks.ReduceLROnPlateau"):
+        get_scheduler(Plateau(), 0.1)
+
 
 def test_docstring_example_runs():
     import doctest

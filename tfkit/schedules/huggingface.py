@@ -135,11 +135,11 @@ def get_scheduler(
     Reference: ``transformers.get_scheduler`` and the ``get_*_schedule*``
     functions of ``transformers.optimization``.
     """
+    name = getattr(name, "value", name)  # a transformers SchedulerType enum member
     if isinstance(name, str) and name in _NOT_A_SCHEDULE:
         raise ValueError(
             f"{_OWNER}: name={name!r} is not a function of the step: {_NOT_A_SCHEDULE[name]}."
         )
-    name = getattr(name, "value", name)  # a transformers SchedulerType enum member
     if not isinstance(name, str) or name not in _KEYWORDS:
         raise ValueError(
             f"{_OWNER}: `name` must be one of {', '.join(map(repr, NAMES))} "
