@@ -120,15 +120,15 @@ class WarmupStableDecay(ScheduleBase):
             )
         else:
             down = 1.0 - tf.sqrt(q)
-        one = tf.ones_like(step)
-        factor = tf.where(
-            step < w,
-            up,
-            tf.where(step < w + s, one, tf.where(step < w + s + d, down, 0.0 * one)),
-        )
+        # Warmup and decay run from alpha to 1; the stable phase is exactly 1 and
+        # the end exactly alpha (no rounding through (1 - alpha) * x + alpha).
         alpha = self.alpha
-        # Stable phase exactly lr (factor 1); the others from alpha to 1.
-        factor = tf.where((step >= w) & (step < w + s), one, (1.0 - alpha) * factor + alpha)
+        ramp = tf.where(step < w, up, down)
+        factor = tf.where(
+            (step >= w) & (step < w + s),
+            tf.ones_like(step),
+            tf.where(step < w + s + d, (1.0 - alpha) * ramp + alpha, alpha * tf.ones_like(step)),
+        )
         return tf.constant(self.learning_rate, self.dtype) * tf.cast(factor, self.dtype)
 
     def get_config(self) -> dict:
