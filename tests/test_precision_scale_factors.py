@@ -111,6 +111,8 @@ def test_defaults_and_config_symmetry():
         ({"growth_factor": 1.0}, "growth_factor"),
         ({"growth_factor": 0.5}, "growth_factor"),
         ({"growth_factor": math.inf}, "growth_factor"),
+        ({"growth_factor": 1e39}, "growth_factor"),
+        ({"backoff_factor": 1e-39}, "backoff_factor"),
         ({"growth_factor": math.nan}, "growth_factor"),
         ({"growth_factor": True}, "growth_factor"),
         ({"growth_factor": "2"}, "growth_factor"),
@@ -125,3 +127,18 @@ def test_invalid_factors_name_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument) as err:
         LossScaleOptimizer(keras.optimizers.SGD(), **kwargs)
     assert "Received" in str(err.value)
+
+
+def test_extreme_factors_keep_the_scale_finite_and_bounded():
+    overflow = [False, False, True, True, False, False]
+    opt = LossScaleOptimizer(
+        keras.optimizers.SGD(0.0),
+        initial_scale=8.0,
+        dynamic_growth_steps=2,
+        growth_factor=3e38,  # the product overflows float32 and saturates at max_scale
+        backoff_factor=1.2e-38,  # the product underflows and floors at min_scale
+        min_scale=2.0,
+        max_scale=2.0**20,
+    )
+    got = run_scales(opt, overflow, jit_compile=True)
+    assert got == [8.0, 8.0, 2.0**20, 2.0, 2.0, 2.0, 2.0**20]

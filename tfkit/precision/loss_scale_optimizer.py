@@ -23,6 +23,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 from keras.src.utils import tracking
@@ -109,8 +110,13 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         backoff_factor: float = 0.5,
         **kwargs,
     ):
-        _check_factor("growth_factor", growth_factor, "a finite number > 1", 1.0, math.inf)
-        _check_factor("backoff_factor", backoff_factor, "a number in (0, 1)", 0.0, 1.0)
+        # float32 must hold the factors (the scale is a float32 variable).
+        _check_factor(
+            "growth_factor", growth_factor, lambda v: 1.0 < v <= _F32_MAX, "in (1, 3.403e+38]"
+        )
+        _check_factor(
+            "backoff_factor", backoff_factor, lambda v: _F32_TINY <= v < 1.0, "in [1.175e-38, 1)"
+        )
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise TypeError(
                 "`inner_optimizer` must be a keras.optimizers.Optimizer instance. "
@@ -287,10 +293,21 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return config
 
 
-def _check_factor(arg: str, value, allowed: str, low: float, high: float) -> None:
-    """``low < value < high`` for a real, non-bool ``value``, else ValueError naming ``arg``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < high:
-        raise ValueError(f"`{arg}` must be {allowed}. Received: {arg}={value!r}")
+_F32_MAX = float(np.finfo("float32").max)
+_F32_TINY = float(np.finfo("float32").tiny)
+
+
+def _check_factor(arg: str, value, in_range, allowed: str) -> None:
+    """ValueError naming ``arg`` unless ``value`` is a real, non-bool number ``in_range``.
+
+    The ranges end at float32's largest and smallest normal numbers: the scale
+    is a float32 variable, so a factor float32 cannot hold would become inf or 0.
+    """
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and in_range(value)):
+        raise ValueError(
+            f"`{arg}` must be a number {allowed} (float32 must hold it). Received: {arg}={value!r}"
+        )
 
 
 def _nonfinite(finite):
