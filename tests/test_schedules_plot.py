@@ -224,3 +224,19 @@ def test_cli_new_schedules_and_bad_files(tmp_path, capsys):
     assert exc.value.code == 2 and "JSON" in capsys.readouterr().err
     with pytest.raises(TypeError, match="log_scale"):
         plot.plot_schedule(OneCycle(0.1, 10), log_scale="yes")
+
+
+def test_every_contract_schedule_is_drawn_with_its_values():
+    from test_schedules_contract import CASES
+
+    plt = plot._pyplot()
+    for name, make in sorted(CASES.items()):
+        s = make()
+        steps = plot.default_steps(s)
+        assert 1 <= steps <= 10_000, (name, steps)
+        fig = plot.plot_schedule(s, steps=40, log_scale=name.startswith("Product"))
+        expected = np.array([float(s(k)) for k in range(40)])
+        if name.startswith("Product"):
+            expected = np.where(expected > 0, expected, np.nan)
+        np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), expected, rtol=1e-6)
+        plt.close(fig)
