@@ -83,8 +83,8 @@ def get_scheduler(
     min_lr_rate)
     cosine_warmup_with_min_lr  Warmup(CosineDecay(lr, t + 1, alpha=min_lr_rate,
     (num_cycles, min_lr or     num_cycles=num_cycles * (t + 1) / t), W - 1,
-    min_lr_rate,               initial_learning_rate=lr * warmup_lr_rate) (see below)
-    warmup_lr_rate)
+    min_lr_rate,               initial_learning_rate=lr * warmup_lr_rate, or lr / W
+    warmup_lr_rate)            without it) (see below)
     warmup_stable_decay        WarmupStableDecay(lr, W, num_stable_steps, num_decay_steps,
     (num_decay_steps, ...)     alpha=min_lr_ratio, ...); num_stable_steps defaults to
                                T - W - num_decay_steps
