@@ -324,7 +324,17 @@ def test_model_fit_uses_schedule_at_each_update(name):
     np.testing.assert_allclose(used, expected, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["Warmup_Join_nested", "OneCycle", "CosineDecayRestarts_warmup"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Warmup_Join_nested",
+        "OneCycle",
+        "CosineDecayRestarts_warmup",
+        "Product_nested",
+        "WarmupStableDecay_1sqrt",
+        "get_scheduler_cosine_warmup_with_min_lr",
+    ],
+)
 def test_custom_jit_loop_uses_schedule(name):
     schedule = CASES[name]()
     kernel = keras.Variable(np.zeros((1,), "float32"))
@@ -345,7 +355,7 @@ def test_custom_jit_loop_uses_schedule(name):
     np.testing.assert_allclose(used, [float(schedule(k)) for k in range(30)], rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", _fit_params({"OneCycle", "Warmup_Join_nested"}))
+@pytest.mark.parametrize("name", _fit_params({"OneCycle", "Warmup_Join_nested", "Product_nested"}))
 def test_saved_model_with_schedule_loads_in_safe_mode_and_resumes(name, tmp_path):
     schedule = CASES[name]()
     model = _lr_probe_model(schedule, jit_compile=False)
