@@ -17,10 +17,12 @@ import pytest
 import tensorflow as tf
 
 from tfkit.schedules import (
+    Constant,
     CosineDecay,
     CosineDecayRestarts,
     Cyclic,
     ExponentialDecay,
+    InverseSqrtDecay,
     InverseTimeDecay,
     Join,
     LinearCosineDecay,
@@ -30,7 +32,10 @@ from tfkit.schedules import (
     OneCycleMomentum,
     PiecewiseConstantDecay,
     PolynomialDecay,
+    Product,
     Warmup,
+    WarmupStableDecay,
+    get_scheduler,
 )
 
 # Every public schedule, with arguments whose interesting points (boundaries,
@@ -76,8 +81,46 @@ CASES = {
         Join([OneCycle(0.1, 12), Cyclic(0.001, 0.01, step_size=3)], boundaries=[12]),
         warmup_steps=5,
     ),
+    "MultiStepDecay_torch_milestones": lambda: MultiStepDecay(0.1, [20, 0, 7, 7], gamma=0.5),
+    "CosineDecay_cycles": lambda: CosineDecay(0.1, 30, alpha=0.1, num_cycles=1.5),
+    "Constant": lambda: Constant(0.05),
+    "InverseSqrtDecay": lambda: InverseSqrtDecay(0.1, timescale=4),
+    "WarmupStableDecay": lambda: WarmupStableDecay(0.1, 8, 10, 15, alpha=0.1),
+    "WarmupStableDecay_1sqrt": lambda: WarmupStableDecay(
+        0.1, 6, 5, 20, warmup_type="1-sqrt", decay_type="1-sqrt"
+    ),
+    "WarmupStableDecay_cosine_cycles": lambda: WarmupStableDecay(
+        0.1, 5, 0, 25, alpha=0.2, warmup_type="cosine", num_cycles=0.8
+    ),
+    "Product_chained": lambda: Product(
+        [
+            Constant(0.1),
+            Join([Constant(0.1), Constant(1.0)], boundaries=[4]),
+            ExponentialDecay(1.0, decay_steps=1, decay_rate=0.95),
+        ]
+    ),
+    "Product_nested": lambda: Product(
+        [Warmup(CosineDecay(0.1, 30), 5), MultiStepDecay(1.0, [10, 10], gamma=0.7)]
+    ),
+    "get_scheduler_cosine_warmup_with_min_lr": lambda: get_scheduler(
+        "cosine_warmup_with_min_lr", 0.1, 6, 36, min_lr=0.001
+    ),
+    "get_scheduler_cosine_with_restarts": lambda: get_scheduler(
+        "cosine_with_restarts", 0.1, 5, 35, num_cycles=3
+    ),
 }
 NAMES = sorted(CASES)
+
+
+def test_every_public_schedule_is_under_contract():
+    import tfkit.schedules
+
+    public = {getattr(tfkit.schedules, n) for n in tfkit.schedules.__all__}
+    public = {c for c in public if isinstance(c, type)}
+    covered = {type(CASES[n]()) for n in NAMES}
+    assert public <= covered, public - covered
+
+
 STEPS = list(range(45))
 
 # Long schedules: the last steps of the decays must stay exact in float32.
@@ -90,6 +133,11 @@ LONG = {
     "CosineDecayRestarts_long": lambda: CosineDecayRestarts(0.1, 10**8, t_mul=1.0),
     "Cyclic_long": lambda: Cyclic(0.0, 0.1, step_size=10**8 + 1),
     "Warmup_long": lambda: Warmup(CosineDecay(0.1, 10**9), warmup_steps=10**8),
+    "WarmupStableDecay_long": lambda: WarmupStableDecay(0.1, 10**8, 5 * 10**8, 4 * 10**8 + 7),
+    "InverseSqrtDecay_long": lambda: InverseSqrtDecay(0.1, timescale=10**8),
+    "Product_long": lambda: Product(
+        [CosineDecay(0.1, 10**9), MultiStepDecay(1.0, [10**8, 10**9], gamma=0.5)]
+    ),
 }
 
 
@@ -201,10 +249,11 @@ def test_float64_initial_rate_gives_float64():
 def test_decays_never_increase_and_warmups_rise():
     decays = [n for n in NAMES if "Decay" in n and "cycle" not in n and "Restarts" not in n]
     decays = [n for n in decays if not n.startswith(("CosineDecay_warmup", "LinearCosine"))]
+    decays = [n for n in decays if not n.startswith("WarmupStableDecay")]
     for name in decays:
         v = graph_values(CASES[name](), STEPS)
         assert np.all(np.diff(v) <= 1e-9), name
-    for name in ("CosineDecay_warmup", "Warmup_linear", "OneCycle"):
+    for name in ("CosineDecay_warmup", "Warmup_linear", "OneCycle", "WarmupStableDecay"):
         v = graph_values(CASES[name](), range(6))
         assert np.all(np.diff(v) > 0), name
 
@@ -275,7 +324,17 @@ def test_model_fit_uses_schedule_at_each_update(name):
     np.testing.assert_allclose(used, expected, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["Warmup_Join_nested", "OneCycle", "CosineDecayRestarts_warmup"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Warmup_Join_nested",
+        "OneCycle",
+        "CosineDecayRestarts_warmup",
+        "Product_nested",
+        "WarmupStableDecay_1sqrt",
+        "get_scheduler_cosine_warmup_with_min_lr",
+    ],
+)
 def test_custom_jit_loop_uses_schedule(name):
     schedule = CASES[name]()
     kernel = keras.Variable(np.zeros((1,), "float32"))
@@ -296,7 +355,7 @@ def test_custom_jit_loop_uses_schedule(name):
     np.testing.assert_allclose(used, [float(schedule(k)) for k in range(30)], rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", _fit_params({"OneCycle", "Warmup_Join_nested"}))
+@pytest.mark.parametrize("name", _fit_params({"OneCycle", "Warmup_Join_nested", "Product_nested"}))
 def test_saved_model_with_schedule_loads_in_safe_mode_and_resumes(name, tmp_path):
     schedule = CASES[name]()
     model = _lr_probe_model(schedule, jit_compile=False)

@@ -151,3 +151,92 @@ def test_through_tfkit_cli_once_registered(monkeypatch, tmp_path, capsys):
         )
     assert exc.value.code == 2
     assert "step_size" in capsys.readouterr().err
+
+
+def test_every_public_schedule_is_drawable_from_the_cli():
+    import tfkit.schedules
+
+    public = {n for n in tfkit.schedules.__all__ if isinstance(getattr(tfkit.schedules, n), type)}
+    # OneCycleMomentum is drawn with OneCycle; composites are read from JSON.
+    assert public - set(plot.SCHEDULES.values()) == {"OneCycleMomentum", *plot.COMPOSITE}
+
+
+@pytest.mark.parametrize("log_scale", [False, True])
+def test_join_and_product_are_drawn_with_their_values(log_scale):
+    from tfkit.schedules import Constant, CosineDecay, ExponentialDecay, Join, Product
+
+    join = Join([Constant(0.01), CosineDecay(0.1, 40)], boundaries=[10])
+    product = Product([join, ExponentialDecay(1.0, 10, 0.5)])
+    for s in (join, product):
+        assert plot.default_steps(s) == 55
+        fig = plot.plot_schedule(s, log_scale=log_scale)
+        ax = fig.axes[0]
+        expected = np.array([float(s(k)) for k in range(55)])
+        if log_scale:
+            assert ax.get_yscale() == "log"
+            expected = np.where(expected > 0, expected, np.nan)  # 0 has no place on a log axis
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), expected, rtol=1e-6)
+
+
+def test_keras_schedule_inside_a_product_is_drawn():
+    import keras
+
+    from tfkit.schedules import Constant, Product
+
+    piecewise = keras.optimizers.schedules.PiecewiseConstantDecay([5], [1.0, 0.5])
+    s = Product([Constant(0.1), piecewise])
+    np.testing.assert_allclose(plot.schedule_values(s, 8), [0.1] * 6 + [0.05] * 2, rtol=1e-6)
+
+
+def test_cli_draws_a_serialized_composite_with_log_scale(tmp_path, capsys):
+    import json
+
+    import keras
+
+    from tfkit.schedules import get_scheduler
+
+    s = get_scheduler("cosine_with_restarts", 0.1, 10, 100, num_cycles=3)
+    path = tmp_path / "hf.json"
+    path.write_text(json.dumps(keras.saving.serialize_keras_object(s)))
+    out = tmp_path / "hf.png"
+    assert _run(["plot", str(path), "--log-scale", "--steps", "120", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args = plot.schedule_parser(str(path)).parse_args(["--log-scale"])
+    assert args.log_scale is True and args.output is None
+    assert plot.build_schedule(args).get_config() == s.get_config()
+
+
+def test_cli_new_schedules_and_bad_files(tmp_path, capsys):
+    args = plot.schedule_parser("warmup-stable-decay").parse_args(
+        "--learning-rate 0.1 --warmup-steps 10 --stable-steps 50 --decay-steps 20 "
+        "--decay-type 1-sqrt --log-scale".split()
+    )
+    s = plot.build_schedule(args)
+    assert type(s).__name__ == "WarmupStableDecay" and s.decay_type == "1-sqrt"
+    assert plot.default_steps(s) == 89
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"class_name": "NoSuchSchedule", "config": {}}')
+    with pytest.raises(SystemExit) as exc:
+        plot.main([str(bad)])
+    assert exc.value.code == 2 and "bad.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        _run(["plot", "Join"])
+    assert exc.value.code == 2 and "JSON" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="log_scale"):
+        plot.plot_schedule(OneCycle(0.1, 10), log_scale="yes")
+
+
+def test_every_contract_schedule_is_drawn_with_its_values():
+    from test_schedules_contract import CASES
+
+    plt = plot._pyplot()
+    for name, make in sorted(CASES.items()):
+        s = make()
+        steps = plot.default_steps(s)
+        assert 1 <= steps <= 10_000, (name, steps)
+        fig = plot.plot_schedule(s, steps=40, log_scale=name.startswith("Product"))
+        expected = np.array([float(s(k)) for k in range(40)])
+        if name.startswith("Product"):
+            expected = np.where(expected > 0, expected, np.nan)
+        np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), expected, rtol=1e-6)
+        plt.close(fig)

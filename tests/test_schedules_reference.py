@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 from tfkit.schedules import (
+    Constant,
     CosineDecay,
     CosineDecayRestarts,
     Cyclic,
     ExponentialDecay,
+    InverseSqrtDecay,
     InverseTimeDecay,
     Join,
     LinearCosineDecay,
@@ -29,7 +31,9 @@ from tfkit.schedules import (
     OneCycleMomentum,
     PiecewiseConstantDecay,
     PolynomialDecay,
+    Product,
     Warmup,
+    WarmupStableDecay,
 )
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "schedules.json").read_text())
@@ -312,7 +316,71 @@ def test_docstring_examples_run():
         "cyclic",
         "warmup",
         "join",
+        "constant",
+        "inverse_sqrt",
+        "product",
+        "warmup_stable_decay",
     ):
         module = importlib.import_module(f"tfkit.schedules.{name}")
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0 and result.attempted > 0, (name, result)
+
+
+# --- The schedules added for Hugging Face / PyTorch parity, by formula at far steps.
+
+
+def _wsd_formula(step, lr, w, s, d, alpha, up, down, cycles):
+    f = lambda x: (1 - alpha) * x + alpha  # noqa: E731
+    if step < w:
+        p = step / w
+        x = {
+            "linear": p,
+            "cosine": 0.5 * (1 - math.cos(math.pi * p)),
+            "1-sqrt": 1 - math.sqrt(1 - p),
+        }
+        return lr * f(x[up])
+    if step < w + s:
+        return lr
+    if step < w + s + d:
+        p = (step - w - s) / d
+        x = {
+            "linear": 1 - p,
+            "cosine": 0.5 * (1 + math.cos(2 * math.pi * cycles * p)),
+            "1-sqrt": 1 - math.sqrt(p),
+        }
+        return lr * f(x[down])
+    return lr * alpha
+
+
+@pytest.mark.parametrize("up", ["linear", "cosine", "1-sqrt"])
+@pytest.mark.parametrize("down", ["linear", "cosine", "1-sqrt"])
+def test_warmup_stable_decay_formula_at_phase_edges_and_far_steps(up, down):
+    w, s, d = 10**6, 5 * 10**8, 3 * 10**8 + 1
+    args = (0.3, w, s, d, 0.02, up, down, 0.7)
+    schedule = WarmupStableDecay(*args[:5], warmup_type=up, decay_type=down, num_cycles=0.7)
+    steps = [0, 1, w // 2, w - 1, w, w + s - 1, w + s, w + s + 1, w + s + d // 3]
+    steps += [w + s + d - 1, w + s + d, w + s + d + 1, 2**40, 2**50]
+    expected = [_wsd_formula(k, *args) for k in steps]
+    assert_close_to_peak(values(schedule, steps), expected, 0.3)
+
+
+def test_inverse_sqrt_and_cosine_cycles_formulas_at_far_steps():
+    steps = [0, 1, 3, 999, 10**6, 2**31 - 1, 2**40, 2**50]
+    s = InverseSqrtDecay(0.2, timescale=1000)
+    expected = [0.2 * math.sqrt(1000 / (k + 1000)) for k in steps]
+    np.testing.assert_allclose(values(s, steps), expected, rtol=1e-6)
+    c = CosineDecay(0.1, 10**9, alpha=0.1, num_cycles=2.5)
+    steps = [0, 10**8, 2 * 10**8, 4 * 10**8, 10**9 - 1, 10**9, 2**40]
+    expected = [
+        0.1 * (0.9 * 0.5 * (1 + math.cos(2 * math.pi * 2.5 * min(k, 10**9) / 10**9)) + 0.1)
+        for k in steps
+    ]
+    assert_close_to_peak(values(c, steps), expected, 0.1)
+
+
+def test_product_of_warmup_join_and_keras_schedule_formula():
+    keras_exp = __import__("keras").optimizers.schedules.ExponentialDecay(1.0, 10, 0.5)
+    s = Product([Warmup(Constant(0.1), 4), MultiStepDecay(1.0, [6, 6, 0], 0.5), keras_exp])
+    steps = list(range(20))
+    expected = [(0.1 * min(k, 4) / 4) * 0.5 ** (1 + 2 * (k >= 6)) * 0.5 ** (k / 10) for k in steps]
+    np.testing.assert_allclose(scalar_values(s, steps), expected, rtol=1e-6, atol=1e-12)

@@ -16,10 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tfkit.schedules import (
+    Constant,
     CosineDecay,
     CosineDecayRestarts,
     Cyclic,
     ExponentialDecay,
+    InverseSqrtDecay,
     InverseTimeDecay,
     Join,
     LinearCosineDecay,
@@ -29,7 +31,9 @@ from tfkit.schedules import (
     OneCycleMomentum,
     PiecewiseConstantDecay,
     PolynomialDecay,
+    Product,
     Warmup,
+    WarmupStableDecay,
 )
 
 BAD = [
@@ -41,14 +45,114 @@ BAD = [
     (PiecewiseConstantDecay, dict(boundaries=[], values=[1]), ValueError, "boundaries"),
     (PiecewiseConstantDecay, dict(boundaries=5, values=[1, 2]), TypeError, "boundaries"),
     (PiecewiseConstantDecay, dict(boundaries=[5], values=[1, -2]), ValueError, "values[1]"),
-    (MultiStepDecay, dict(initial_learning_rate=0.1, milestones=[3, 2]), ValueError, "milestones"),
-    (MultiStepDecay, dict(initial_learning_rate=0.1, milestones=[0]), ValueError, "milestones[0]"),
+    (
+        MultiStepDecay,
+        dict(initial_learning_rate=0.1, milestones=[3, -1]),
+        ValueError,
+        "milestones[1]",
+    ),
+    (MultiStepDecay, dict(initial_learning_rate=0.1, milestones=[]), ValueError, "milestones"),
     (MultiStepDecay, dict(initial_learning_rate=0.1, milestones=[2.5]), TypeError, "milestones[0]"),
     (
         MultiStepDecay,
-        dict(initial_learning_rate=0.1, milestones=[2], gamma=2.0),
+        dict(initial_learning_rate=0.1, milestones=[2] * 3, gamma=1e150),
         ValueError,
         "gamma",
+    ),
+    (
+        MultiStepDecay,
+        dict(initial_learning_rate=0.1, milestones=[2], gamma=-0.5),
+        ValueError,
+        "gamma",
+    ),
+    (Constant, dict(learning_rate=-1.0), ValueError, "learning_rate"),
+    (Constant, dict(learning_rate=1e39), ValueError, "learning_rate"),
+    (InverseSqrtDecay, dict(initial_learning_rate=0.1, timescale=0.5), ValueError, "timescale"),
+    (
+        InverseSqrtDecay,
+        dict(initial_learning_rate=0.1, timescale=float("inf")),
+        ValueError,
+        "timescale",
+    ),
+    (
+        WarmupStableDecay,
+        dict(learning_rate=0.1, warmup_steps=-1, stable_steps=5, decay_steps=5),
+        ValueError,
+        "warmup_steps",
+    ),
+    (
+        WarmupStableDecay,
+        dict(learning_rate=0.1, warmup_steps=1, stable_steps=5.5, decay_steps=5),
+        TypeError,
+        "stable_steps",
+    ),
+    (
+        WarmupStableDecay,
+        dict(learning_rate=0.1, warmup_steps=1, stable_steps=5, decay_steps=5, alpha=1.5),
+        ValueError,
+        "alpha",
+    ),
+    (
+        WarmupStableDecay,
+        dict(learning_rate=0.1, warmup_steps=1, stable_steps=5, decay_steps=5, decay_type="exp"),
+        ValueError,
+        "decay_type",
+    ),
+    (
+        WarmupStableDecay,
+        dict(learning_rate=0.1, warmup_steps=1, stable_steps=5, decay_steps=5, warmup_type="x"),
+        ValueError,
+        "warmup_type",
+    ),
+    (
+        WarmupStableDecay,
+        dict(learning_rate=0.1, warmup_steps=1, stable_steps=5, decay_steps=5, num_cycles=1e301),
+        ValueError,
+        "num_cycles",
+    ),
+    (
+        CosineDecay,
+        dict(initial_learning_rate=0.1, decay_steps=10, num_cycles=-1),
+        ValueError,
+        "num_cycles",
+    ),
+    (Product, dict(schedules=[Constant(0.1)]), ValueError, "schedules"),
+    (Product, dict(schedules=[Constant(0.1), 2.0]), TypeError, "schedules[1]"),
+    (Product, dict(schedules=[Constant(3e38), Constant(2.0)]), ValueError, "schedules"),
+    (
+        Product,
+        dict(schedules=[Constant(3e38), Constant(3e38), Constant(0.0)]),
+        ValueError,
+        "schedules",
+    ),
+    (
+        LinearCosineDecay,
+        dict(initial_learning_rate=0.0, decay_steps=10, beta=1e300),
+        ValueError,
+        "beta",
+    ),
+    (
+        LinearCosineDecay,
+        dict(initial_learning_rate=1e30, decay_steps=10, alpha=1e10),
+        ValueError,
+        "alpha",
+    ),
+    (
+        LinearCosineDecay,
+        dict(initial_learning_rate=0.1, decay_steps=10, num_periods=1e308),
+        ValueError,
+        "num_periods",
+    ),
+    (
+        Cyclic,
+        dict(
+            initial_learning_rate=0.0,
+            maximal_learning_rate=1.0,
+            step_size=1e308,
+            step_size_down=1e308,
+        ),
+        ValueError,
+        "step_size_down",
     ),
     (
         ExponentialDecay,
@@ -298,10 +402,13 @@ def test_bad_arguments_are_named_with_their_value():
 
 # --- Fuzzing: either a clear error or a sound schedule.
 
+# Extremes that the constructors accept: the known overflow offenders lived here.
+EXTREMES = [0.0, 5e-324, 1e-300, 1e30, 3.4e38, 1e300, 1.7e308]
 numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=64),
     st.floats(min_value=0, max_value=2, width=64),
     st.integers(min_value=-5, max_value=10**6),
+    st.sampled_from(EXTREMES),
     st.sampled_from([None, "x", True, [1]]),
 )
 counts = st.one_of(st.integers(min_value=-3, max_value=5000), numbers)
@@ -328,6 +435,7 @@ FUZZ = {
         alpha=numbers,
         warmup_target=st.one_of(st.none(), numbers),
         warmup_steps=counts,
+        num_cycles=numbers,
     ),
     CosineDecayRestarts: dict(
         initial_learning_rate=numbers,
@@ -366,11 +474,61 @@ FUZZ = {
     PiecewiseConstantDecay: dict(
         boundaries=st.lists(counts, max_size=4), values=st.lists(numbers, max_size=5)
     ),
+    Constant: dict(learning_rate=numbers),
+    InverseSqrtDecay: dict(initial_learning_rate=numbers, timescale=numbers),
+    WarmupStableDecay: dict(
+        learning_rate=numbers,
+        warmup_steps=counts,
+        stable_steps=counts,
+        decay_steps=counts,
+        alpha=numbers,
+        warmup_type=st.sampled_from(["linear", "cosine", "1-sqrt", "exp"]),
+        decay_type=st.sampled_from(["linear", "cosine", "1-sqrt", "exp"]),
+        num_cycles=numbers,
+    ),
+    Product: dict(
+        schedules=st.lists(
+            st.sampled_from(
+                [
+                    Constant(3.4e38),
+                    Constant(0.0),
+                    ExponentialDecay(1e20, 1, 0.5),
+                    CosineDecay(1e30, 10, warmup_target=1e19, warmup_steps=3),
+                    Cyclic(0.0, 1e10, step_size=3),
+                    0.5,
+                ]
+            ),
+            max_size=4,
+        )
+    ),
+    Join: dict(
+        schedules=st.lists(
+            st.sampled_from([Constant(3.4e38), MultiStepDecay(1.0, [0, 3, 3], gamma=1e12)]),
+            min_size=2,
+            max_size=3,
+        ),
+        boundaries=st.lists(counts, min_size=1, max_size=2),
+    ),
+    Warmup: dict(
+        schedule=st.sampled_from([Constant(3.4e38), InverseSqrtDecay(1.0, 1)]),
+        warmup_steps=counts,
+        initial_learning_rate=numbers,
+        warmup_type=st.sampled_from(["linear", "constant", "cosine"]),
+    ),
 }
 
 # More examples in `make test-full`.
 FUZZ_EXAMPLES = 100 if os.environ.get("TFKIT_FULL") == "1" else 12
 FUZZ_STEPS = [0, 1, 17, 999, 2**31 - 1, 2**40]
+
+
+@pytest.mark.parametrize("cls", list(FUZZ), ids=lambda c: c.__name__)
+def test_every_schedule_class_is_fuzzed(cls):
+    import tfkit.schedules
+
+    classes = {getattr(tfkit.schedules, n) for n in tfkit.schedules.__all__}
+    classes = {c for c in classes if isinstance(c, type)} - {OneCycleMomentum}
+    assert classes <= set(FUZZ), classes - set(FUZZ)
 
 
 @pytest.mark.parametrize("cls", list(FUZZ), ids=lambda c: c.__name__)
@@ -391,5 +549,41 @@ def test_fuzzed_arguments_error_clearly_or_work(cls):
         )
         assert clone.get_config() == schedule.get_config()
         assert math.isclose(float(clone(17)), out[2], rel_tol=1e-7, abs_tol=1e-30)
+
+    check()
+
+
+# --- Extremes the constructors accept: every accepted combination stays finite and >= 0.
+
+accepted = st.one_of(
+    st.sampled_from(EXTREMES), st.floats(0, 2), st.floats(0, 1.7e308), st.integers(0, 10**6)
+)
+long_counts = st.one_of(st.integers(0, 2**50), st.sampled_from([1, 2, 1e300]))
+EXTREME_FUZZ = {
+    cls: {
+        k: accepted if v is numbers else long_counts if v is counts else v
+        for k, v in strategies.items()
+    }
+    for cls, strategies in FUZZ.items()
+}
+EXTREME_STEPS = [0, 1, 2, 17, 2**24 + 1, 2**31 - 1, 2**40, 2**50]
+
+
+@pytest.mark.parametrize("cls", list(EXTREME_FUZZ), ids=lambda c: c.__name__)
+def test_extreme_accepted_arguments_stay_finite_and_non_negative(cls):
+    @settings(
+        max_examples=3 * FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(st.fixed_dictionaries(EXTREME_FUZZ[cls]))
+    def check(kwargs):
+        try:
+            schedule = cls(**kwargs)
+        except (ValueError, TypeError) as err:
+            assert str(err).startswith(f"{cls.__name__}: ") and "`" in str(err), err
+            return
+        import tensorflow as tf
+
+        out = np.asarray(schedule(tf.constant(EXTREME_STEPS, tf.int64)), np.float64)
+        assert np.all(np.isfinite(out)) and np.all(out >= 0), (kwargs, out)
 
     check()

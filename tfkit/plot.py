@@ -13,9 +13,16 @@ Command line (options are the schedule's constructor arguments in
     tfkit plot piecewise --boundaries 100,200 --values 0.1,0.01,0.001 --steps 300
     tfkit plot cosine --initial-learning-rate 0.1 --decay-steps 900 --warmup-steps 100
 
+    tfkit plot schedule.json --log-scale       # any schedule: Join, Product, get_scheduler's
+
 ``--warmup-steps``/``--warmup-type``/``--warmup-initial-learning-rate`` wrap any
 schedule in ``Warmup`` (for ``cosine`` and ``cosine-restarts``,
 ``--warmup-steps`` is their own argument and needs ``--warmup-target``).
+Schedules made of other schedules (``Join``, ``Product``, ``Warmup``, what
+``get_scheduler`` returns) are read from a JSON file holding
+``keras.saving.serialize_keras_object(schedule)``, loaded with
+``safe_mode=True``. ``--log-scale`` draws the rate on a logarithmic axis
+(steps where the rate is 0 are left out of the curve).
 
 matplotlib is an optional dependency (``pip install tfkit[examples]``); it is
 imported only when a plot is drawn, with the non-interactive Agg backend.
@@ -44,7 +51,12 @@ SCHEDULES = {
     "polynomial": "PolynomialDecay",
     "piecewise": "PiecewiseConstantDecay",
     "multistep": "MultiStepDecay",
+    "constant": "Constant",
+    "inverse-sqrt": "InverseSqrtDecay",
+    "warmup-stable-decay": "WarmupStableDecay",
 }
+# Drawn from a JSON file (their arguments are schedules): see the module docstring.
+COMPOSITE = ("Join", "Product", "Warmup")
 _NOT_OPTIONS = {"self", "name", "dtype"}
 
 
@@ -73,7 +85,12 @@ def schedule_values(schedule, steps: int) -> np.ndarray:
 
     ks = tf.range(steps, dtype=tf.int64)
     if type(schedule).__module__.startswith("tfkit."):
-        return np.asarray(schedule(ks), dtype=np.float64)
+        try:
+            values = np.asarray(schedule(ks), dtype=np.float64)
+            if values.shape == (steps,):
+                return values
+        except (ValueError, TypeError, tf.errors.InvalidArgumentError):
+            pass  # a Keras schedule nested in a Join/Product may take scalar steps only
     fn = tf.function(lambda step: schedule(step))
     return np.array([float(fn(k)) for k in ks])
 
@@ -81,6 +98,18 @@ def schedule_values(schedule, steps: int) -> np.ndarray:
 def default_steps(schedule) -> int:
     """A plot length that shows the whole shape: the end of a finite schedule plus 10%."""
     config = schedule.get_config()
+    kind = type(schedule).__name__
+    if kind == "Join":
+        return int(schedule.boundaries[-1]) + default_steps(schedule.schedules[-1])
+    if kind == "Product":
+        return max(default_steps(s) for s in schedule.schedules)
+    if kind == "Constant":
+        return 100
+    if kind == "InverseSqrtDecay":
+        return int(10 * config["timescale"])
+    if kind == "WarmupStableDecay":
+        end = config["warmup_steps"] + config["stable_steps"] + config["decay_steps"]
+        return int(end * 1.1) + 1
     if "total_steps" in config:
         return int(config["total_steps"])
     warmup = int(config.get("warmup_steps", 0) or 0)
@@ -106,22 +135,36 @@ def plot_schedule(
     path: str | pathlib.Path | None = None,
     steps: int | None = None,
     title: str | None = None,
+    log_scale: bool = False,
 ):
     """Draw ``schedule`` over ``steps`` updates (default: its whole shape); save a PNG if ``path``.
 
-    A schedule with a ``momentum_schedule`` (``OneCycle``) also gets its
-    momentum on a second y axis. Returns the matplotlib ``Figure``.
+    Any ``LearningRateSchedule`` is drawn (tfkit's, composites such as
+    ``Join`` and ``Product``, Keras'). A schedule with a ``momentum_schedule``
+    (``OneCycle``) also gets its momentum on a second y axis. ``log_scale``
+    puts the rate on a logarithmic axis; steps where it is 0 are not drawn
+    there. Returns the matplotlib ``Figure``.
     """
+    if not isinstance(log_scale, bool):
+        raise TypeError(
+            f"plot_schedule: `log_scale` must be True or False; received log_scale={log_scale!r}."
+        )
     plt = _pyplot()
     steps = default_steps(schedule) if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"plot_schedule: `steps` must be >= 1; received steps={steps!r}.")
     x = np.arange(steps)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    ax.plot(x, schedule_values(schedule, steps), color="tab:blue", label="learning rate")
+    rates = schedule_values(schedule, steps)
+    if log_scale:
+        rates = np.where(rates > 0, rates, np.nan)
+    ax.plot(x, rates, color="tab:blue", label="learning rate")
     ax.set_xlabel("step (optimizer updates)")
     ax.set_ylabel("learning rate")
-    ax.set_ylim(bottom=0)
+    if log_scale:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     momentum = getattr(schedule, "momentum_schedule", None)
     if momentum is not None:
@@ -159,6 +202,16 @@ def gallery_schedules() -> dict:
             warmup_steps=100,
             initial_learning_rate=0.01,
             warmup_type="constant",
+        ),
+        "warmup_stable_decay": S.WarmupStableDecay(
+            0.1, 100, 600, 250, alpha=0.05, decay_type="1-sqrt"
+        ),
+        "inverse_sqrt": S.Warmup(S.InverseSqrtDecay(0.1, timescale=100), 100),
+        "product": S.Product(
+            [
+                S.CosineDecayRestarts(0.1, 200, t_mul=1.0),
+                S.ExponentialDecay(1.0, 1000, 0.1),
+            ]
         ),
     }
 
@@ -238,8 +291,39 @@ def _option_type(annotation: str, default):
     return _number
 
 
+def _is_json(name: str) -> bool:
+    return name.lower().endswith(".json")
+
+
+def _add_output_options(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--steps", type=int, default=None, help="steps to plot (default: whole shape)")
+    p.add_argument("--log-scale", action="store_true", help="logarithmic learning-rate axis")
+    default = f"{pathlib.Path(name).stem}.png"
+    p.add_argument("-o", "--output", default=None, help=f"PNG path (default {default})")
+
+
 def schedule_parser(name: str) -> argparse.ArgumentParser:
-    """The option parser of ``tfkit plot NAME``: the constructor arguments of that schedule."""
+    """The option parser of ``tfkit plot NAME``: the constructor arguments of that schedule.
+
+    ``NAME`` may also be a ``.json`` file with a serialized schedule (any
+    schedule, composites included); its parser has the output options only.
+    """
+    if _is_json(name):
+        p = argparse.ArgumentParser(
+            prog=f"tfkit plot {name}",
+            description="Draw the schedule serialized in this JSON file "
+            "(keras.saving.serialize_keras_object output; loaded with safe_mode=True).",
+        )
+        _add_output_options(p, name)
+        p.set_defaults(schedule_file=name, cli_name=pathlib.Path(name).stem)
+        return p
+    if name not in SCHEDULES and name not in SCHEDULES.values():
+        p = argparse.ArgumentParser(prog="tfkit plot")
+        hint = f" ({name} takes schedules: save it to JSON)" if name in COMPOSITE else ""
+        p.error(
+            f"argument SCHEDULE: invalid choice: {name!r}{hint} (choose from "
+            f"{', '.join(SCHEDULES)}, a class name, or FILE.json)"
+        )
     class_name = SCHEDULES.get(name, name)
     cls = _schedule_class(class_name)
     summary = (cls.__doc__ or "").strip().splitlines()[0]
@@ -263,8 +347,7 @@ def schedule_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--warmup-steps", type=int, default=0, help="wrap in Warmup")
         p.add_argument("--warmup-type", choices=("linear", "constant"), default="linear")
         p.add_argument("--warmup-initial-learning-rate", type=float, default=0.0)
-    p.add_argument("--steps", type=int, default=None, help="steps to plot (default: whole shape)")
-    p.add_argument("-o", "--output", default=None, help=f"PNG path (default {name}.png)")
+    _add_output_options(p, name)
     p.set_defaults(schedule_class=class_name, cli_name=name)
     return p
 
@@ -284,9 +367,9 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "schedule",
-        choices=[*SCHEDULES, *SCHEDULES.values()],
         metavar="SCHEDULE",
-        help="one of: " + ", ".join(SCHEDULES),
+        help="one of: " + ", ".join(SCHEDULES) + "; or FILE.json with any serialized schedule "
+        "(Join, Product, Warmup, get_scheduler's)",
     )
     p.add_argument("options", nargs=argparse.REMAINDER, help="the schedule's arguments")
     p.set_defaults(func=run)
@@ -296,6 +379,8 @@ def build_schedule(args: argparse.Namespace):
     """The schedule described by parsed ``tfkit plot`` arguments (ValueError on bad values)."""
     from tfkit.schedules import Warmup
 
+    if getattr(args, "schedule_file", None):
+        return _load_schedule(args.schedule_file)
     kwargs = {k[4:]: v for k, v in vars(args).items() if k.startswith("arg_")}
     schedule = _schedule_class(args.schedule_class)(**kwargs)
     if getattr(args, "warmup_steps", 0):
@@ -304,6 +389,24 @@ def build_schedule(args: argparse.Namespace):
             args.warmup_steps,
             initial_learning_rate=args.warmup_initial_learning_rate,
             warmup_type=args.warmup_type,
+        )
+    return schedule
+
+
+def _load_schedule(path: str):
+    """The schedule serialized in ``path`` (ValueError naming the file if it is not one)."""
+    import json
+
+    import keras
+
+    try:
+        config = json.loads(pathlib.Path(path).read_text())
+        schedule = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"cannot read a schedule from {path!r}: {err}") from err
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        raise ValueError(
+            f"{path!r} holds {type(schedule).__name__}, not a keras LearningRateSchedule."
         )
     return schedule
 
@@ -318,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         print(f"tfkit plot: error: {err}", file=sys.stderr)
         return 1
-    fig = plot_schedule(schedule, output, steps=options.steps)
+    fig = plot_schedule(schedule, output, steps=options.steps, log_scale=options.log_scale)
     plt.close(fig)
     print(f"wrote {output}")
     return 0

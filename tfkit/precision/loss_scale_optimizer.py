@@ -5,9 +5,12 @@ Loss scaling multiplies the loss by ``S`` before differentiation (so every
 gradient is ``S`` times larger and stays representable) and divides the
 gradients by ``S`` before the update. ``S`` is adapted each step:
 
-    non-finite gradient:   skip the update,  S <- max(S / 2, min_scale),  skipped_steps += 1
+    non-finite gradient:   skip the update,  S <- max(S * backoff_factor, min_scale),
+                           skipped_steps += 1
     dynamic_growth_steps
-    finite steps in a row: S <- min(2 S, max_scale)
+    finite steps in a row: S <- min(S * growth_factor, max_scale)
+
+(``growth_factor=2``, ``backoff_factor=0.5`` by default, as in Keras and PyTorch.)
 
 Keras' own ``LossScaleOptimizer`` has the same rule without the bounds and
 without the counter; this class subclasses it, so ``Model.compile`` under
@@ -20,6 +23,7 @@ import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 from keras.src.utils import tracking
@@ -39,9 +43,9 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
         finite(grads):   inner.apply(grads / S)
                          every dynamic_growth_steps-th consecutive finite step:
-                             S <- min(2 * S, max_scale)
+                             S <- min(growth_factor * S, max_scale)
         otherwise:       no update (weights, slots and ``iterations`` unchanged)
-                         S <- max(S / 2, min_scale); skipped_steps += 1
+                         S <- max(backoff_factor * S, min_scale); skipped_steps += 1
 
     ``loss_scale`` and ``skipped_steps`` are read-only properties (tensors); a
     logging callback finds them through the ``inner_optimizer`` chain with
@@ -67,6 +71,16 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         max_scale: the scale never doubles above this. Defaults to ``2**24``
             (NVIDIA Apex's ``max_loss_scale``).
         name: optimizer name.
+        growth_factor: the scale's factor after ``dynamic_growth_steps``
+            finite steps, finite and > 1. Defaults to ``2.0`` (PyTorch's
+            ``GradScaler(growth_factor=2.0)``).
+        backoff_factor: the scale's factor after a non-finite step, in (0, 1).
+            Defaults to ``0.5`` (``GradScaler(backoff_factor=0.5)``).
+
+    With ``initial_scale=init_scale``, ``dynamic_growth_steps=growth_interval``
+    and the same factors, the scale follows ``torch.amp.GradScaler``'s step
+    for step while it stays within ``[min_scale, max_scale]`` (GradScaler has
+    no bounds; its default ``init_scale`` is ``2**16``, tfkit's ``2**15``).
 
     Requires ``0 < min_scale <= initial_scale <= max_scale``, all finite.
 
@@ -92,8 +106,17 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         min_scale: float = 1.0,
         max_scale: float = 2.0**24,
         name: str | None = None,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
         **kwargs,
     ):
+        # float32 must hold the factors (the scale is a float32 variable).
+        _check_factor(
+            "growth_factor", growth_factor, lambda v: 1.0 < v <= _F32_MAX, "in (1, 3.403e+38]"
+        )
+        _check_factor(
+            "backoff_factor", backoff_factor, lambda v: _F32_TINY <= v < 1.0, "in [1.175e-38, 1)"
+        )
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
             raise TypeError(
                 "`inner_optimizer` must be a keras.optimizers.Optimizer instance. "
@@ -154,6 +177,8 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         )
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
+        self.growth_factor = float(growth_factor)
+        self.backoff_factor = float(backoff_factor)
 
     @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
@@ -193,7 +218,8 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
         def grow():
             self.step_counter.assign(0)
-            self.dynamic_scale.assign(ops.minimum(ops.multiply(scale, 2.0), self.max_scale))
+            grown = ops.multiply(scale, self.growth_factor)
+            self.dynamic_scale.assign(ops.minimum(grown, self.max_scale))
 
         def count():
             self.step_counter.assign_add(1)
@@ -203,7 +229,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     def _stateful_handle_non_finite_grads(self):
         self.step_counter.assign(0)
         self.dynamic_scale.assign(
-            ops.maximum(ops.multiply(self.dynamic_scale, 0.5), self.min_scale)
+            ops.maximum(ops.multiply(self.dynamic_scale, self.backoff_factor), self.min_scale)
         )
         self._skipped_steps.assign_add(1)
 
@@ -258,8 +284,30 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update(min_scale=self.min_scale, max_scale=self.max_scale)
+        config.update(
+            min_scale=self.min_scale,
+            max_scale=self.max_scale,
+            growth_factor=self.growth_factor,
+            backoff_factor=self.backoff_factor,
+        )
         return config
+
+
+_F32_MAX = float(np.finfo("float32").max)
+_F32_TINY = float(np.finfo("float32").tiny)
+
+
+def _check_factor(arg: str, value, in_range, allowed: str) -> None:
+    """ValueError naming ``arg`` unless ``value`` is a real, non-bool number ``in_range``.
+
+    The ranges end at float32's largest and smallest normal numbers: the scale
+    is a float32 variable, so a factor float32 cannot hold would become inf or 0.
+    """
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and in_range(value)):
+        raise ValueError(
+            f"`{arg}` must be a number {allowed} (float32 must hold it). Received: {arg}={value!r}"
+        )
 
 
 def _nonfinite(finite):

@@ -2,7 +2,8 @@
 
 Every class is a ``keras.optimizers.schedules.LearningRateSchedule``
 registered for Keras serialization under package ``tfkit``; pass one as an
-optimizer's ``learning_rate``.
+optimizer's ``learning_rate``. ``Warmup``, ``Join`` and ``Product`` compose
+any schedules; ``get_scheduler`` builds Hugging Face's named schedules.
 
 Semantics (the same for every schedule):
 
@@ -15,21 +16,28 @@ Semantics (the same for every schedule):
   ``dtype="float64"``; step arithmetic runs in float64 (exact integer steps).
 """
 
+from tfkit.schedules.constant import Constant
 from tfkit.schedules.cosine import CosineDecay, CosineDecayRestarts
 from tfkit.schedules.cyclic import Cyclic
 from tfkit.schedules.exponential import ExponentialDecay, InverseTimeDecay, NaturalExpDecay
+from tfkit.schedules.huggingface import get_scheduler
+from tfkit.schedules.inverse_sqrt import InverseSqrtDecay
 from tfkit.schedules.join import Join
 from tfkit.schedules.linear_cosine import LinearCosineDecay
 from tfkit.schedules.one_cycle import OneCycle, OneCycleMomentum
 from tfkit.schedules.piecewise import MultiStepDecay, PiecewiseConstantDecay
 from tfkit.schedules.polynomial import PolynomialDecay
+from tfkit.schedules.product import Product
 from tfkit.schedules.warmup import Warmup
+from tfkit.schedules.warmup_stable_decay import WarmupStableDecay
 
 __all__ = [
+    "Constant",
     "CosineDecay",
     "CosineDecayRestarts",
     "Cyclic",
     "ExponentialDecay",
+    "InverseSqrtDecay",
     "InverseTimeDecay",
     "Join",
     "LinearCosineDecay",
@@ -39,5 +47,8 @@ __all__ = [
     "OneCycleMomentum",
     "PiecewiseConstantDecay",
     "PolynomialDecay",
+    "Product",
     "Warmup",
+    "WarmupStableDecay",
+    "get_scheduler",
 ]

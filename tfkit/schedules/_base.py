@@ -54,9 +54,30 @@ class ScheduleBase(LearningRateSchedule):
     def _compute(self, step: tf.Tensor) -> tf.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _peak(self) -> float | None:
+        """An upper bound of every value (None: unknown). ``Product`` checks overflow with it."""
+        return None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def peak_of(schedule) -> float | None:
+    """An upper bound of a schedule's values: tfkit schedules know theirs, others None."""
+    peak = getattr(schedule, "_peak", None)
+    return peak() if callable(peak) else None
+
+
+def check_representable(owner: str, value: float, dtype: str, arguments: dict) -> None:
+    """Reject a combination of ``arguments`` whose largest value ``dtype`` cannot hold."""
+    if not value <= float(np.finfo(dtype).max):
+        names = ", ".join(f"`{k}`" for k in arguments)
+        received = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+        raise ValueError(
+            f"{owner}: {names} must together give a largest value {dtype} can represent "
+            f"(here {value!r}); received {received}."
+        )
 
 
 def step_as_float64(step) -> tf.Tensor:

@@ -17,10 +17,14 @@ from tfkit.schedules._base import (
 )
 from tfkit.schedules.warmup import linear_ramp
 
+# cos(2 * pi * num_cycles * frac) needs a finite argument.
+MAX_CYCLES = 1e300
 
-def cosine_factor(frac, alpha: float):
-    """``(1 - alpha) * 0.5 * (1 + cos(pi * frac)) + alpha`` for a float64 ``frac`` in [0, 1]."""
-    cosine = 0.5 * (1.0 + tf.cos(tf.constant(math.pi, tf.float64) * frac))
+
+def cosine_factor(frac, alpha: float, num_cycles: float = 0.5):
+    """``(1 - alpha) * 0.5 * (1 + cos(2 pi num_cycles frac)) + alpha``, float64 ``frac`` in [0, 1]."""
+    angle = tf.constant(2.0 * math.pi * num_cycles, tf.float64)
+    cosine = 0.5 * (1.0 + tf.cos(angle * frac))
     return (1.0 - alpha) * cosine + alpha
 
 
@@ -47,6 +51,9 @@ class _WarmupCosineBase(ScheduleBase):
         """The rate the decay starts from: ``warmup_target`` if set, else ``initial_learning_rate``."""
         return self.initial_learning_rate if self.warmup_target is None else self.warmup_target
 
+    def _peak(self) -> float:
+        return max(self.initial_learning_rate, self.peak)
+
     def _with_warmup(self, step, decayed_factor):
         """Warmup for ``warmup_steps``, then ``peak * decayed_factor(step - warmup_steps)``."""
         peak = tf.constant(self.peak, self.dtype)
@@ -68,12 +75,13 @@ class CosineDecay(_WarmupCosineBase):
         step < warmup_steps:  initial_learning_rate
                                  + (peak - initial_learning_rate) * step / warmup_steps
         otherwise, s = min(step - warmup_steps, decay_steps):
-            lr = peak * ((1 - alpha) * 0.5 * (1 + cos(pi * s / decay_steps)) + alpha)
+            lr = peak * ((1 - alpha) * 0.5 * (1 + cos(2 pi num_cycles s / decay_steps)) + alpha)
 
     ``step`` counts real optimizer updates from 0. Offsets rule of tfkit: the
     decay starts after the warmup and sees ``step - warmup_steps``, so
     ``decay_steps`` does not include the warmup (as in Keras). Past
-    ``warmup_steps + decay_steps`` the rate holds ``alpha * peak``.
+    ``warmup_steps + decay_steps`` the rate holds its final value (``alpha *
+    peak`` with the default half cosine, ``num_cycles=0.5``).
 
     Args:
         initial_learning_rate: rate at step 0, >= 0.
@@ -83,6 +91,9 @@ class CosineDecay(_WarmupCosineBase):
         warmup_target: rate reached at the end of the warmup (None: no warmup).
         warmup_steps: warmup length, >= 0; needs ``warmup_target`` when > 0.
         dtype: ``"float32"`` (default) or ``"float64"``.
+        num_cycles: cosine waves over ``decay_steps``, >= 0 (default 0.5: one
+            half cosine down to ``alpha * peak``; 1.0 comes back up to ``peak``).
+            Hugging Face's ``num_cycles``.
 
     Example:
         >>> s = CosineDecay(0.0, decay_steps=100, warmup_target=0.1, warmup_steps=10)
@@ -90,6 +101,7 @@ class CosineDecay(_WarmupCosineBase):
         [0.0, 0.05, 0.1, 0.05, 0.0, 0.0]
 
     Reference: ``keras.optimizers.schedules.CosineDecay`` (equal, warmup too);
+    Hugging Face ``get_cosine_schedule_with_warmup`` (see ``get_scheduler``);
     Loshchilov & Hutter, "SGDR" (2017).
     """
 
@@ -102,6 +114,7 @@ class CosineDecay(_WarmupCosineBase):
         warmup_target: float | None = None,
         warmup_steps: int = 0,
         dtype: str | None = None,
+        num_cycles: float = 0.5,
     ):
         owner = type(self).__name__
         self.dtype = resolve_dtype(owner, dtype, initial_learning_rate, warmup_target)
@@ -109,10 +122,12 @@ class CosineDecay(_WarmupCosineBase):
         self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=1)
         self.alpha = check_number(owner, "alpha", alpha, low=0, high=1)
         self.name = check_name(owner, name)
+        self.num_cycles = check_number(owner, "num_cycles", num_cycles, low=0, high=MAX_CYCLES)
 
     def _compute(self, step):
         return self._with_warmup(
-            step, lambda s: cosine_factor(fraction(s, self.decay_steps), self.alpha)
+            step,
+            lambda s: cosine_factor(fraction(s, self.decay_steps), self.alpha, self.num_cycles),
         )
 
     def get_config(self) -> dict:
@@ -124,6 +139,7 @@ class CosineDecay(_WarmupCosineBase):
             "warmup_target": self.warmup_target,
             "warmup_steps": self.warmup_steps,
             "dtype": self.dtype,
+            "num_cycles": self.num_cycles,
         }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from tfkit.schedules._base import (
@@ -42,6 +44,7 @@ class Cyclic(ScheduleBase):
         maximal_learning_rate: upper bound (PyTorch ``max_lr``), >= 0.
         step_size: steps of the rising half (PyTorch ``step_size_up``), >= 1.
         step_size_down: steps of the falling half, >= 1 (None: ``step_size``).
+            The cycle length ``step_size + step_size_down`` must be finite.
         mode: ``"triangular"`` (default), ``"triangular2"`` or ``"exp_range"``.
         gamma: ``exp_range`` decay per step, in (0, 1] (default 1.0).
         name: optional name scope.
@@ -81,18 +84,31 @@ class Cyclic(ScheduleBase):
             if step_size_down is None
             else check_number(owner, "step_size_down", step_size_down, low=1)
         )
+        if not math.isfinite(self.step_size + self._down):
+            raise ValueError(
+                f"{owner}: `step_size + step_size_down` (the cycle length) must be finite; "
+                f"received step_size={step_size!r}, step_size_down={step_size_down!r}."
+            )
         self.mode = check_choice(owner, "mode", mode, MODES)
         self.gamma = check_number(owner, "gamma", gamma, low=0, low_open=True, high=1)
         self.name = check_name(owner, name)
 
+    @property
+    def _down(self) -> float:
+        return self.step_size if self.step_size_down is None else self.step_size_down
+
+    def _peak(self) -> float:
+        return max(self.initial_learning_rate, self.maximal_learning_rate)
+
     def _compute(self, step):
-        down = self.step_size if self.step_size_down is None else self.step_size_down
-        length = self.step_size + down
-        ratio = self.step_size / length
-        length_t = tf.constant(length, tf.float64)
-        cycles_done = tf.floor(step / length_t)
-        x = tf.clip_by_value((step - cycles_done * length_t) / length_t, 0.0, 1.0)
-        height = tf.where(x <= ratio, x / ratio, (1.0 - x) / (1.0 - ratio))
+        up = self.step_size
+        down = self._down
+        length = tf.constant(up + down, tf.float64)
+        cycles_done = tf.floor(step / length)
+        # The position in the cycle, divided only by the half lengths (both >= 1):
+        # a ratio of the halves could be subnormal, which TF flushes to 0.
+        position = tf.clip_by_value(step - cycles_done * length, 0.0, up + down)
+        height = tf.where(position <= up, position / up, (up + down - position) / down)
         if self.mode == "triangular2":
             height = height * tf.pow(tf.constant(0.5, tf.float64), cycles_done)
         elif self.mode == "exp_range":

@@ -41,6 +41,9 @@ class _DecayBase(ScheduleBase):
         self.staircase = check_bool(owner, "staircase", staircase)
         self.name = check_name(owner, name)
 
+    def _peak(self) -> float:
+        return self.initial_learning_rate
+
     def _progress(self, step):
         """``step / decay_steps`` (floored when ``staircase``), float64."""
         p = step / tf.constant(self.decay_steps, tf.float64)

@@ -15,6 +15,7 @@ from tfkit.schedules._base import (
     check_number,
     check_sequence,
     deserialize,
+    peak_of,
     register,
     serialize,
 )
@@ -83,6 +84,10 @@ class Join(ScheduleBase):
     @property
     def dtype(self) -> str:
         return getattr(self.schedules[0], "dtype", "float32")
+
+    def _peak(self) -> float | None:
+        peaks = [peak_of(s) for s in self.schedules]
+        return None if any(p is None for p in peaks) else max(peaks)
 
     def _compute(self, step):
         starts = [0, *self.boundaries]

@@ -11,10 +11,12 @@ from tfkit.schedules._base import (
     check_name,
     check_number,
     check_rate,
+    check_representable,
     fraction,
     register,
     resolve_dtype,
 )
+from tfkit.schedules.cosine import MAX_CYCLES
 
 
 @register
@@ -33,9 +35,11 @@ class LinearCosineDecay(ScheduleBase):
     Args:
         initial_learning_rate: >= 0.
         decay_steps: >= 1.
-        num_periods: cosine periods over the decay, >= 0 (default 0.5).
+        num_periods: cosine periods over the decay, in [0, 1e300] (default 0.5).
         alpha: added to the linear part, >= 0 (default 0.0).
-        beta: constant floor factor, >= 0 (default 0.001).
+        beta: constant floor factor, >= 0 (default 0.001). The largest rate,
+            ``initial_learning_rate * (alpha + 1 + beta)``, and the factor
+            ``alpha + 1 + beta`` must be representable in ``dtype``.
         name: optional name scope.
         dtype: ``"float32"`` (default) or ``"float64"``.
 
@@ -64,10 +68,22 @@ class LinearCosineDecay(ScheduleBase):
             owner, "initial_learning_rate", initial_learning_rate, self.dtype
         )
         self.decay_steps = check_number(owner, "decay_steps", decay_steps, low=1)
-        self.num_periods = check_number(owner, "num_periods", num_periods, low=0)
+        self.num_periods = check_number(owner, "num_periods", num_periods, low=0, high=MAX_CYCLES)
         self.alpha = check_number(owner, "alpha", alpha, low=0)
         self.beta = check_number(owner, "beta", beta, low=0)
         self.name = check_name(owner, name)
+        # The factor (alpha + linear) * cosine + beta peaks at most at alpha + 1 + beta;
+        # both it and the rate times it must fit the dtype (0 * inf would be NaN).
+        received = {"initial_learning_rate": initial_learning_rate, "alpha": alpha, "beta": beta}
+        check_representable(owner, self._factor_bound, self.dtype, received)
+        check_representable(owner, self._peak(), self.dtype, received)
+
+    @property
+    def _factor_bound(self) -> float:
+        return self.alpha + 1.0 + self.beta
+
+    def _peak(self) -> float:
+        return self.initial_learning_rate * self._factor_bound
 
     def _compute(self, step):
         f = fraction(step, self.decay_steps)

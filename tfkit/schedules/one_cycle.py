@@ -180,6 +180,9 @@ class OneCycle(_OneCycleShape):
     def final_learning_rate(self) -> float:
         return self.initial_learning_rate / self.final_div_factor
 
+    def _peak(self) -> float:
+        return max(self.initial_learning_rate, self.max_learning_rate, self.final_learning_rate)
+
     def _compute(self, step):
         a, peak, z = self.initial_learning_rate, self.max_learning_rate, self.final_learning_rate
         points = [a, peak, a, z] if self.three_phase else [a, peak, z]
@@ -268,6 +271,9 @@ class OneCycleMomentum(_OneCycleShape):
         self.base_momentum = check_number(owner, "base_momentum", base_momentum, low=0, high=1)
         self.max_momentum = check_number(owner, "max_momentum", max_momentum, low=0, high=1)
         self.name = check_name(owner, name)
+
+    def _peak(self) -> float:
+        return max(self.base_momentum, self.max_momentum)
 
     def _compute(self, step):
         lo, hi = self.base_momentum, self.max_momentum

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfkit.schedules._base import (
@@ -71,6 +73,9 @@ class PiecewiseConstantDecay(ScheduleBase):
         ]
         self.name = check_name(owner, name)
 
+    def _peak(self) -> float:
+        return max(self.values)
+
     def _compute(self, step):
         # Count the boundaries passed; the trailing axis also lets a vector of steps through.
         passed = tf.expand_dims(step, -1) > tf.constant(self.boundaries, tf.float64)
@@ -94,24 +99,30 @@ class MultiStepDecay(ScheduleBase):
 
         lr(step) = initial_learning_rate * gamma ** (number of milestones m with m <= step)
 
-    Unlike ``PiecewiseConstantDecay``, the new rate applies *at* the milestone
-    step itself, as in PyTorch ``MultiStepLR`` and detectron2's ``WarmupMultiStepLR``.
+    Milestones are counted with repetition and in any order, as PyTorch
+    counts them: ``milestones=[10, 10, 50]`` multiplies by ``gamma**2`` at
+    step 10, and a milestone 0 applies from the first update. Unlike
+    ``PiecewiseConstantDecay``, the new rate applies *at* the milestone step
+    itself, as in PyTorch ``MultiStepLR`` and detectron2's ``WarmupMultiStepLR``.
     ``step`` counts real optimizer updates from 0 (PyTorch counts epochs or
     iterations, whichever ``scheduler.step()`` follows).
 
     Args:
         initial_learning_rate: the rate before the first milestone, >= 0.
-        milestones: strictly increasing positive step numbers.
-        gamma: multiplicative factor, in [0, 1] (a decay), default 0.1.
+        milestones: one or more integer steps >= 0, any order, repeats allowed.
+        gamma: multiplicative factor, >= 0 (default 0.1). Above 1 the rate
+            grows; ``initial_learning_rate * gamma**len(milestones)`` must then
+            be representable in ``dtype``.
         name: optional name scope.
         dtype: ``"float32"`` (default) or ``"float64"``.
 
     Example:
-        >>> s = MultiStepDecay(1.0, milestones=[30, 80], gamma=0.1)
+        >>> s = MultiStepDecay(1.0, milestones=[80, 30, 30], gamma=0.1)
         >>> [round(float(s(t)), 4) for t in (0, 29, 30, 80)]
-        [1.0, 1.0, 0.1, 0.01]
+        [1.0, 1.0, 0.01, 0.001]
 
-    Reference: ``torch.optim.lr_scheduler.MultiStepLR`` (equal at every step).
+    Reference: ``torch.optim.lr_scheduler.MultiStepLR`` (equal at every step,
+    unsorted, repeated and 0 milestones too).
     """
 
     def __init__(
@@ -129,22 +140,31 @@ class MultiStepDecay(ScheduleBase):
         )
         milestones = check_sequence(owner, "milestones", milestones, min_len=1)
         self.milestones = [
-            check_number(owner, f"milestones[{i}]", m, low=0, low_open=True, integer=True)
+            check_number(owner, f"milestones[{i}]", m, low=0, integer=True)
             for i, m in enumerate(milestones)
         ]
-        check_increasing(owner, "milestones", self.milestones)
-        self.gamma = check_number(owner, "gamma", gamma, low=0, high=1)
+        self.gamma = check_number(owner, "gamma", gamma, low=0)
         self.name = check_name(owner, name)
+        # The k + 1 possible values, so the result is initial * gamma**k rounded
+        # once, like PyTorch's repeated multiplication in float64.
+        self._table = [
+            _scaled(self.initial_learning_rate, self.gamma, k)
+            for k in range(len(self.milestones) + 1)
+        ]
+        if not max(self._table) <= float(np.finfo(self.dtype).max):
+            raise ValueError(
+                f"{owner}: `gamma` > 1 grows the rate past what {self.dtype} can represent "
+                f"after {len(self.milestones)} milestones; received gamma={gamma!r}, "
+                f"initial_learning_rate={initial_learning_rate!r}."
+            )
+
+    def _peak(self) -> float:
+        return max(self._table)
 
     def _compute(self, step):
         reached = tf.expand_dims(step, -1) >= tf.constant(self.milestones, tf.float64)
         passed = tf.reduce_sum(tf.cast(reached, tf.int32), axis=-1)
-        # A table of the k + 1 possible values, so the result is exactly
-        # initial * gamma**k rounded once, like PyTorch's repeated multiplication.
-        table = [
-            self.initial_learning_rate * self.gamma**k for k in range(len(self.milestones) + 1)
-        ]
-        return tf.gather(tf.constant(table, self.dtype), passed)
+        return tf.gather(tf.constant(self._table, self.dtype), passed)
 
     def get_config(self) -> dict:
         return {
@@ -154,3 +174,13 @@ class MultiStepDecay(ScheduleBase):
             "name": self.name,
             "dtype": self.dtype,
         }
+
+
+def _scaled(rate: float, gamma: float, k: int) -> float:
+    """``rate * gamma**k`` in float64; inf when it overflows (0 stays 0)."""
+    if rate == 0.0:
+        return 0.0
+    try:
+        return rate * gamma**k
+    except OverflowError:
+        return math.inf

@@ -72,6 +72,9 @@ class PolynomialDecay(ScheduleBase):
         self.cycle = check_bool(owner, "cycle", cycle)
         self.name = check_name(owner, name)
 
+    def _peak(self) -> float:
+        return max(self.initial_learning_rate, self.end_learning_rate)
+
     def _compute(self, step):
         decay_steps = tf.constant(self.decay_steps, tf.float64)
         if self.cycle:

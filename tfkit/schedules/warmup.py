@@ -13,6 +13,7 @@ from tfkit.schedules._base import (
     check_number,
     check_rate,
     deserialize,
+    peak_of,
     register,
     serialize,
 )
@@ -96,6 +97,10 @@ class Warmup(ScheduleBase):
     @property
     def dtype(self) -> str:
         return getattr(self.schedule, "dtype", "float32")
+
+    def _peak(self) -> float | None:
+        inner = peak_of(self.schedule)
+        return None if inner is None else max(inner, self.initial_learning_rate)
 
     def _compute(self, step):
         if self.warmup_steps == 0:
