@@ -23,8 +23,9 @@ from tfkit.tuning._state import TrainingState
 INITIAL_LOSS_SLACK = 0.5
 # overfit_batch: success when the loss falls to this fraction of its first value.
 OVERFIT_TARGET = 0.1
-# gradient_flow: ||g||/||w|| spread between layers, and the absolute ceiling.
-GRADIENT_SPREAD = 1e5
+# gradient_flow: ||g||/||w|| spread between the first and the last layer, and the
+# absolute ceiling of any layer's ratio.
+GRADIENT_SPREAD = 1e4
 GRADIENT_CEILING = 1e2
 # dead_units: a layer with at least this fraction of never-active units is flagged.
 DEAD_FRACTION = 0.5
@@ -143,6 +144,15 @@ def _loss_kind(model):
     return _CROSS_ENTROPIES.get(name.lower()), from_logits, ignore_class
 
 
+def _mean_loss(model, batches, preds) -> float:
+    total, count = 0.0, 0
+    for (x, y, sw), y_pred in zip(batches, preds, strict=True):
+        n = len(tf.nest.flatten(x)[0])
+        total += float(_loss(model, x, y, sw, y_pred, False)) * n
+        count += n
+    return total / count
+
+
 def _output_layer(model) -> str:
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     return layers[-1].name if layers else model.name
@@ -225,27 +235,21 @@ def check_nonfinite(ctx) -> list[Finding]:
 def check_initial_loss(ctx) -> list[Finding]:
     model = ctx.model
     kind, from_logits, ignore_class = _loss_kind(model)
-    preds, ys, total, count = [], [], 0.0, 0
-    for x, y, sw in ctx.batches:
-        y_pred = model(x, training=False)
-        n = len(tf.nest.flatten(y)[0])
-        total += float(_loss(model, x, y, sw, y_pred, False)) * n
-        count += n
-        preds.append(y_pred)
-        ys.append(y)
-    loss = total / count
+    preds = [model(x, training=False) for x, _, _ in ctx.batches]
+    ys = [y for _, y, _ in ctx.batches]
+    loss = math.nan
     if kind is None or len(tf.nest.flatten(preds[0])) != 1 or len(tf.nest.flatten(ys[0])) != 1:
+        loss = _mean_loss(model, ctx.batches, preds)
         return [Finding("initial_loss", "info",
                         f"loss at init {loss:.4g}; no reference value for this loss/output "
                         "(cross-entropies only).", data={"loss": loss})]
     p = _concat([np.asarray(tf.nest.flatten(q)[0], dtype="float64") for q in preds])
-    y = _concat([tf.nest.flatten(t)[0] for t in ys])
+    y = _concat([tf.nest.flatten(t)[0] for t in ys]).astype("float64")
     out = _output_layer(model)
     findings = []
     classes = p.shape[-1] if kind != "bce" else 2
     expected = math.log(classes)
-    data = {"loss": loss, "expected": expected, "classes": classes, "kind": kind,
-            "from_logits": from_logits}
+    data = {"expected": expected, "classes": classes, "kind": kind, "from_logits": from_logits}
     # Labels against the output.
     if kind == "sparse_ce":
         labels = y.astype("float64")
@@ -291,6 +295,7 @@ def check_initial_loss(ctx) -> list[Finding]:
             "from_logits=True (or end the model with a softmax/sigmoid).", layer=out, data=data))
     if findings:
         return findings
+    loss = data["loss"] = _mean_loss(model, ctx.batches, preds)
     slack = max(INITIAL_LOSS_SLACK, INITIAL_LOSS_SLACK * expected)
     if loss > expected + slack:
         return [Finding(
@@ -307,11 +312,20 @@ def check_initial_loss(ctx) -> list[Finding]:
 def _probe_outputs(model):
     """A function from inputs to the outputs of every top-level layer (None: model only)."""
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = [layer.name for layer in layers]
+    if isinstance(model, keras.Sequential):
+        def chain(x, training=False):
+            outputs = []
+            for layer in layers:
+                x = layer(x, training=training)
+                outputs.append(x)
+            return outputs
+        return chain, names
     try:
         probe = keras.Model(model.input, [layer.output for layer in layers])
     except (AttributeError, ValueError, TypeError):
         return None, None
-    return probe, [layer.name for layer in layers]
+    return probe, names
 
 
 def check_batch_independence(ctx) -> list[Finding]:
@@ -391,9 +405,10 @@ def check_gradient_flow(ctx) -> list[Finding]:
             "saturated activation upstream block it (see dead_units).", layer=path, data=data))
     live = [(n, r) for n, r in zip(names, ratios, strict=True) if r > 0 and math.isfinite(r)]
     if not findings and live:
-        low = min(live, key=lambda t: t[1])
         high = max(live, key=lambda t: t[1])
-        order = [n for n, _ in live]
+        # First against last layer (CS231n): single layers in between may legitimately get
+        # tiny gradients at init (attention keys: a near-uniform softmax hides them).
+        first, last = live[0], live[-1]
         if high[1] > GRADIENT_CEILING:
             findings.append(Finding(
                 "gradient_flow", "warning",
@@ -401,16 +416,15 @@ def check_gradient_flow(ctx) -> list[Finding]:
                 "initialisation down (he_normal/glorot), normalise inputs and targets, add "
                 "normalisation layers or clip gradients (global_clipnorm=1.0).",
                 layer=high[0], data=data))
-        elif high[1] / low[1] > GRADIENT_SPREAD:
-            vanishing = order.index(low[0]) < order.index(high[0])
-            where = low[0] if vanishing else high[0]
+        elif max(first[1] / last[1], last[1] / first[1]) > GRADIENT_SPREAD:
+            vanishing = first[1] < last[1]
             findings.append(Finding(
                 "gradient_flow", "warning",
                 f"gradients {'vanish' if vanishing else 'explode'} toward the input: "
-                f"||g||/||w|| is {low[1]:.3g} at {low[0]!r} and {high[1]:.3g} at {high[0]!r} "
-                f"(spread {high[1] / low[1]:.2g}). Use ReLU-family activations with he_normal "
-                "init, residual connections or normalisation layers.",
-                layer=where, data=data))
+                f"||g||/||w|| is {first[1]:.3g} at the first layer {first[0]!r} and "
+                f"{last[1]:.3g} at the last {last[0]!r}. Use ReLU-family activations with "
+                "he_normal init, residual connections or normalisation layers.",
+                layer=first[0], data=data))
     if not findings:
         findings.append(Finding(
             "gradient_flow", "info",
