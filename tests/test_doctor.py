@@ -78,7 +78,8 @@ def _build(model, data):
         batch = next(iter(data))
     else:
         batch = tuple(np.asarray(a)[:8] for a in data)
-    model._symbolic_build(data_batch=batch)
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=batch)
 
 
 def _problems(report):
@@ -95,15 +96,19 @@ def _only(report, check, severity):
 
 
 def _mlp(jit_compile=False):
-    model = keras.Sequential([
-        keras.Input((8,)),
-        keras.layers.Dense(32, activation="relu", name="hidden_1"),
-        keras.layers.Dense(32, activation="relu", name="hidden_2"),
-        keras.layers.Dense(3, name="logits"),
-    ])
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=jit_compile)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu", name="hidden_1"),
+            keras.layers.Dense(32, activation="relu", name="hidden_2"),
+            keras.layers.Dense(3, name="logits"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
+    )
     return model, _classification()
 
 
@@ -133,37 +138,47 @@ def _transformer():
     p = keras.layers.GlobalAveragePooling1D()(h)
     outputs = keras.layers.Dense(3)(p)
     model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     return model, _tokens()
 
 
 def _mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
-    model = keras.Sequential([
-        keras.Input((8,)),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(3, dtype="float32"),
-    ])
-    model.compile(tfkit.LossScaleOptimizer(keras.optimizers.Adam(1e-3)),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(3, dtype="float32"),
+        ]
+    )
+    model.compile(
+        tfkit.LossScaleOptimizer(keras.optimizers.Adam(1e-3)),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model, _classification()
 
 
 def _accumulation():
     model, data = _mlp()
-    model.compile(tfkit.GradientAccumulator(keras.optimizers.Adam(1e-3), accumulation_steps=2),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        tfkit.GradientAccumulator(keras.optimizers.Adam(1e-3), accumulation_steps=2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model, data
 
 
 def _recompute():
-    block = keras.Sequential([keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(32, activation="relu")], name="block")
+    block = keras.Sequential(
+        [keras.layers.Dense(32, activation="relu"), keras.layers.Dense(32, activation="relu")],
+        name="block",
+    )
     model = keras.Sequential([keras.Input((8,)), tfkit.Recompute(block), keras.layers.Dense(3)])
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     return model, _classification()
 
 
@@ -178,6 +193,66 @@ def _parameter_groups():
     optimizer = keras.optimizers.MultiOptimizer(select)
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model, data
+
+
+def _binary():
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+    x, y = _classification()
+    return model, (x, (y == 0).astype("float32")[:, None])
+
+
+def _regression():
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)]
+    )
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    x, _ = _classification()
+    return model, (x, np.stack([x[:, 0] * x[:, 1], np.sin(x[:, 2])], axis=1))
+
+
+def _token_lm():
+    """Per-token prediction with padding masks and padding labels ignored."""
+    inputs = keras.Input((12,), dtype="int32")
+    e = keras.layers.Embedding(40, 16, mask_zero=True)(inputs)
+    a = keras.layers.MultiHeadAttention(2, 8)(e, e, use_causal_mask=True)
+    h = keras.layers.LayerNormalization()(keras.layers.Add()([e, a]))
+    outputs = keras.layers.Dense(40)(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+    )
+    x, _ = _tokens()
+    y = np.concatenate([x[:, 1:], np.zeros_like(x[:, :1])], axis=1)
+    return model, (x, y)
+
+
+def _keras_loss_scaling():
+    keras.config.set_dtype_policy("mixed_float16")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(3, dtype="float32"),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3),  # compile adds Keras' LossScaleOptimizer
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model, _classification()
+
+
+def _sample_weights():
+    model, (x, y) = _mlp()
+    return model, (x, y, np.linspace(0.5, 1.5, len(x)).astype("float32"))
 
 
 def _dataset():
@@ -195,6 +270,11 @@ HEALTHY = {
     "gradient_accumulator": _accumulation,
     "recompute": _recompute,
     "mlp_dataset": _dataset,
+    "mlp_sample_weights": _sample_weights,
+    "binary_sigmoid": _binary,
+    "regression_mse": _regression,
+    "token_lm_ignore_class": _token_lm,
+    "mixed_float16_keras_scaler": _keras_loss_scaling,
 }
 if hasattr(keras.optimizers, "MultiOptimizer"):
     HEALTHY["parameter_groups"] = _parameter_groups
@@ -257,9 +337,12 @@ def _sequential(*layers, optimizer=None, loss=None, features=8):
 
 
 def test_initial_loss_flags_overconfident_last_layer():
-    model = _sequential(keras.layers.Dense(32, activation="relu"),
-                        keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(
-                            stddev=20.0), name="head"))
+    model = _sequential(
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(
+            3, kernel_initializer=keras.initializers.RandomNormal(stddev=20.0), name="head"
+        ),
+    )
     report = _examine(model, _classification(), checks=["initial_loss"])
     (f,) = _only(report, "initial_loss", "warning")
     assert f.layer == "head" and "log(3)" in f.message
@@ -267,8 +350,9 @@ def test_initial_loss_flags_overconfident_last_layer():
 
 
 def test_initial_loss_flags_softmax_with_from_logits():
-    model = _sequential(keras.layers.Dense(3, activation="softmax", name="probs"),
-                        loss=_sparse_ce(from_logits=True))
+    model = _sequential(
+        keras.layers.Dense(3, activation="softmax", name="probs"), loss=_sparse_ce(from_logits=True)
+    )
     report = _examine(model, _classification(), checks=["initial_loss"])
     (f,) = _only(report, "initial_loss", "error")
     assert f.layer == "probs" and "from_logits" in f.message
@@ -290,8 +374,11 @@ def test_initial_loss_flags_out_of_range_labels():
 
 
 def test_batch_independence_names_the_mixing_layer():
-    model = _sequential(keras.layers.Dense(16, activation="relu", name="dense_in"),
-                        BatchCentering(name="centering"), keras.layers.Dense(3, name="out"))
+    model = _sequential(
+        keras.layers.Dense(16, activation="relu", name="dense_in"),
+        BatchCentering(name="centering"),
+        keras.layers.Dense(3, name="out"),
+    )
     report = _examine(model, _classification(), checks=["batch_independence"])
     (f,) = _only(report, "batch_independence", "error")
     assert f.layer == "centering"
@@ -299,8 +386,11 @@ def test_batch_independence_names_the_mixing_layer():
 
 
 def test_overfit_batch_flags_too_low_learning_rate():
-    model = _sequential(keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3),
-                        optimizer=keras.optimizers.SGD(1e-5))
+    model = _sequential(
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(3),
+        optimizer=keras.optimizers.SGD(1e-5),
+    )
     report = _examine(model, _classification(), checks=["overfit_batch"], overfit_steps=30)
     (f,) = _only(report, "overfit_batch", "warning")
     assert "cannot overfit" in f.message and "learning rate" in f.message
@@ -319,8 +409,11 @@ def test_overfit_batch_flags_frozen_weights():
 
 def test_overfit_batch_flags_output_loss_mismatch():
     # A sigmoid output cannot reach regression targets around 5.
-    model = _sequential(keras.layers.Dense(16, activation="relu"),
-                        keras.layers.Dense(1, activation="sigmoid"), loss="mse")
+    model = _sequential(
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(1, activation="sigmoid"),
+        loss="mse",
+    )
     x, _ = _classification()
     y = 5.0 + x[:, :1]
     report = _examine(model, (x, y), checks=["overfit_batch"], overfit_steps=60)
@@ -337,8 +430,9 @@ def test_gradient_flow_flags_vanishing_gradients():
 
 
 def test_gradient_flow_flags_layer_without_gradient():
-    model = _sequential(keras.layers.Dense(16, activation="relu"), Unused(name="unused"),
-                        keras.layers.Dense(3))
+    model = _sequential(
+        keras.layers.Dense(16, activation="relu"), Unused(name="unused"), keras.layers.Dense(3)
+    )
     report = _examine(model, _classification(), checks=["gradient_flow"])
     (f,) = _only(report, "gradient_flow", "warning")
     assert f.layer == "unused" and "no gradient" in f.message
@@ -347,9 +441,11 @@ def test_gradient_flow_flags_layer_without_gradient():
 
 def test_dead_units_flags_a_dead_relu_layer():
     model = _sequential(
-        keras.layers.Dense(32, activation="relu", bias_initializer=keras.initializers.Constant(
-            -100.0), name="dead"),
-        keras.layers.Dense(3))
+        keras.layers.Dense(
+            32, activation="relu", bias_initializer=keras.initializers.Constant(-100.0), name="dead"
+        ),
+        keras.layers.Dense(3),
+    )
     report = _examine(model, _classification(), checks=["dead_units"])
     (f,) = _only(report, "dead_units", "warning")
     assert f.layer == "dead" and f.data["dead_fractions"] == [1.0]
@@ -357,9 +453,12 @@ def test_dead_units_flags_a_dead_relu_layer():
 
 def test_dead_units_independent_count():
     # Reference computed in the test: units whose pre-activation is <= 0 on every example.
-    model = _sequential(keras.layers.Dense(64, activation="relu", name="h",
-                                           bias_initializer=keras.initializers.Constant(-1.5)),
-                        keras.layers.Dense(3))
+    model = _sequential(
+        keras.layers.Dense(
+            64, activation="relu", name="h", bias_initializer=keras.initializers.Constant(-1.5)
+        ),
+        keras.layers.Dense(3),
+    )
     x, y = _classification()
     report = _examine(model, (x, y), checks=["dead_units"], sample_size=128)
     kernel, bias = (w.numpy() for w in model.layers[0].weights)
@@ -370,16 +469,20 @@ def test_dead_units_independent_count():
 
 @pytest.mark.parametrize("rate, word", [(50.0, "lower"), (1e-9, "raise")])
 def test_update_ratio_flags_far_off_rates(rate, word):
-    model = _sequential(keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3),
-                        optimizer=keras.optimizers.SGD(rate))
+    model = _sequential(
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(3),
+        optimizer=keras.optimizers.SGD(rate),
+    )
     report = _examine(model, _classification(), checks=["update_ratio"])
     (f,) = _only(report, "update_ratio", "warning")
     assert word in f.message
 
 
 def test_update_ratio_matches_independent_formula():
-    model = _sequential(keras.layers.Dense(4, name="only"), optimizer=keras.optimizers.SGD(0.05),
-                        loss="mse")
+    model = _sequential(
+        keras.layers.Dense(4, name="only"), optimizer=keras.optimizers.SGD(0.05), loss="mse"
+    )
     x, _ = _classification()
     y = x[:, :4] * 2.0
     report = _examine(model, (x, y), checks=["update_ratio"], batch_size=16)
@@ -391,15 +494,19 @@ def test_update_ratio_matches_independent_formula():
     residual = xb @ kernel + bias - yb
     g_kernel = 2 * xb.T @ residual / residual.size
     g_bias = 2 * residual.sum(axis=0) / residual.size
-    expected = 0.05 * np.sqrt((g_kernel**2).sum() + (g_bias**2).sum()) / np.sqrt(
-        (kernel**2).sum() + (bias**2).sum())
+    expected = (
+        0.05
+        * np.sqrt((g_kernel**2).sum() + (g_bias**2).sum())
+        / np.sqrt((kernel**2).sum() + (bias**2).sum())
+    )
     f = report.by_check("update_ratio")[0]
     assert f.data["ratios"][0] == pytest.approx(expected, rel=1e-5)
 
 
 def test_nonfinite_names_the_first_layer_producing_nan():
-    model = _sequential(keras.layers.Dense(8, name="pre"), Log(name="log"),
-                        keras.layers.Dense(3, name="post"))
+    model = _sequential(
+        keras.layers.Dense(8, name="pre"), Log(name="log"), keras.layers.Dense(3, name="post")
+    )
     report = _examine(model, _classification(), checks=["nonfinite"])
     (f,) = _only(report, "nonfinite", "error")
     assert f.layer == "log" and "forward" in f.message
@@ -432,10 +539,12 @@ def _slow(x, y):
 
 def test_input_pipeline_flags_a_starved_model_with_concrete_advice():
     model, (x, y) = _mlp()
-    data = (tf.data.Dataset.from_tensor_slices((x, y))
-            .map(lambda a, b: tf.py_function(_slow, [a, b], [tf.float32, tf.int32]))
-            .map(lambda a, b: (tf.ensure_shape(a, [8]), tf.ensure_shape(b, [])))
-            .batch(16))
+    data = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .map(lambda a, b: tf.py_function(_slow, [a, b], [tf.float32, tf.int32]))
+        .map(lambda a, b: (tf.ensure_shape(a, [8]), tf.ensure_shape(b, [])))
+        .batch(16)
+    )
     report = _examine(model, data, checks=["input_pipeline"], sample_size=16)
     (f,) = _only(report, "input_pipeline", "warning")
     assert "input-bound" in f.message
@@ -453,16 +562,22 @@ def test_pipeline_advice_reads_the_dataset_graph():
 
 def test_precision_reports_audit_findings():
     keras.config.set_dtype_policy("mixed_float16")
-    model = _sequential(keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3),
-                        optimizer=tfkit.LossScaleOptimizer(keras.optimizers.Adam(1e-2)))
+    model = _sequential(
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(3),
+        optimizer=tfkit.LossScaleOptimizer(keras.optimizers.Adam(1e-2)),
+    )
     report = _examine(model, _classification(), checks=["precision"])
     codes = {f.data["code"] for f in _only(report, "precision", "warning")}
     assert "half_output" in codes
 
 
 def test_learning_rate_flags_a_rate_far_from_lr_find():
-    model = _sequential(keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3),
-                        optimizer=keras.optimizers.SGD(1e-6))
+    model = _sequential(
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(3),
+        optimizer=keras.optimizers.SGD(1e-6),
+    )
     report = _examine(model, _classification(), checks=[], learning_rate=True)
     (f,) = _only(report, "learning_rate", "warning")
     assert "below" in f.message and f.data["suggestion"] > 1e-4
@@ -475,8 +590,9 @@ def test_learning_rate_silent_on_a_sensible_rate():
 
 
 def test_zero_input_baseline_flags_a_blind_model():
-    model = _sequential(Blind(name="blind"), keras.layers.Dense(16, activation="relu"),
-                        keras.layers.Dense(3))
+    model = _sequential(
+        Blind(name="blind"), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)
+    )
     report = _examine(model, _classification(), checks=[], baseline=True, overfit_steps=40)
     (f,) = _only(report, "zero_input", "warning")
     assert "zero inputs" in f.message
@@ -521,14 +637,17 @@ def test_finding_validates_severity():
         doctor.Finding("x", "fatal", "m")
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"checks": ["nope"]}, ValueError, "unknown check"),
-    ({"checks": "nonfinite"}, TypeError, "checks"),
-    ({"time_budget": 0}, ValueError, "time_budget"),
-    ({"batch_size": 2.0}, TypeError, "batch_size"),
-    ({"learning_rate": 1}, TypeError, "learning_rate"),
-    ({"baseline": "yes"}, TypeError, "baseline"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"checks": ["nope"]}, ValueError, "unknown check"),
+        ({"checks": "nonfinite"}, TypeError, "checks"),
+        ({"time_budget": 0}, ValueError, "time_budget"),
+        ({"batch_size": 2.0}, TypeError, "batch_size"),
+        ({"learning_rate": 1}, TypeError, "learning_rate"),
+        ({"baseline": "yes"}, TypeError, "baseline"),
+    ],
+)
 def test_bad_arguments(kwargs, error, match):
     model, data = _mlp()
     with pytest.raises(error, match=match):
@@ -545,10 +664,35 @@ def test_bad_model_and_data():
     with pytest.raises(TypeError, match="data"):
         doctor.examine(model, np.ones((4, 2)))
     with pytest.raises(ValueError, match="empty"):
-        doctor.examine(model, tf.data.Dataset.from_tensor_slices(
-            (np.ones((0, 2)), np.ones((0, 1)))).batch(2))
+        doctor.examine(
+            model, tf.data.Dataset.from_tensor_slices((np.ones((0, 2)), np.ones((0, 1)))).batch(2)
+        )
 
 
 def test_exported_from_tfkit():
     assert tfkit.doctor.examine is doctor.examine
     assert set(doctor.ALL_CHECKS) == set(_checks.CHECKS)
+
+
+def test_time_budget_bounds_the_training_checks():
+    # The overfit loop checks the clock after every update: with no time, exactly one update.
+    model, data = _mlp()
+    report = _examine(model, data, checks=["overfit_batch"], time_budget=1e-9)
+    (f,) = report.by_check("overfit_batch")
+    assert len(f.data["losses"]) == 1
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tfkit.doctor._examine as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_under_mirrored_strategy(mirrored_strategy):
+    with mirrored_strategy.scope():
+        model, data = _mlp()
+    report = _examine(model, data)
+    assert _problems(report) == [], str(report)

@@ -16,8 +16,17 @@ pytest.importorskip("sklearn")  # the quickstart data (extra "examples")
 
 
 def test_quickstart_is_healthy_and_writes_markdown_and_plots(tmp_path, capsys):
-    code = main(["doctor", "--time-budget", "10", "--markdown", str(tmp_path / "r.md"),
-                 "--plots", str(tmp_path / "plots")])
+    code = main(
+        [
+            "doctor",
+            "--time-budget",
+            "10",
+            "--markdown",
+            str(tmp_path / "r.md"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("tfkit doctor: 0 error(s), 0 warning(s) from 9 check(s)")
@@ -28,8 +37,9 @@ def test_quickstart_is_healthy_and_writes_markdown_and_plots(tmp_path, capsys):
 
 def _save_broken(tmp_path):
     """A softmax output compiled with from_logits=True, saved with its data."""
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax",
-                                                                     name="probs")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="softmax", name="probs")]
+    )
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
@@ -42,9 +52,21 @@ def _save_broken(tmp_path):
 def test_saved_model_with_npz_in_a_subprocess(tmp_path, root):
     model, data = _save_broken(tmp_path)
     out = subprocess.run(
-        [sys.executable, "-m", "tfkit", "doctor", "--model", str(model), "--data", str(data),
-         "--checks", "initial_loss,nonfinite"],
-        capture_output=True, text=True, cwd=root,
+        [
+            sys.executable,
+            "-m",
+            "tfkit",
+            "doctor",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--checks",
+            "initial_loss,nonfinite",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert out.returncode == 1, out.stdout + out.stderr
@@ -52,14 +74,19 @@ def test_saved_model_with_npz_in_a_subprocess(tmp_path, root):
     assert "from_logits" in out.stdout
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--model", "m.keras"], "--model and --data go together"),
-    (["--model", "{tmp}/missing.keras", "--data", "{tmp}/d.npz"], "no such file"),
-    (["--model", "{tmp}/m.keras", "--data", "{tmp}/bad.npz"], "lacks array(s) ['y']"),
-    (["--model", "{tmp}/m.keras", "--data", "{tmp}/d.npz", "--checks", "bogus"],
-     "unknown check"),
-    (["--time-budget", "-1"], "time_budget"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--model", "m.keras"], "--model and --data go together"),
+        (["--model", "{tmp}/missing.keras", "--data", "{tmp}/d.npz"], "no such file"),
+        (["--model", "{tmp}/m.keras", "--data", "{tmp}/bad.npz"], "lacks array(s) ['y']"),
+        (
+            ["--model", "{tmp}/m.keras", "--data", "{tmp}/d.npz", "--checks", "bogus"],
+            "unknown check",
+        ),
+        (["--time-budget", "-1"], "time_budget"),
+    ],
+)
 def test_user_errors_exit_2_with_one_line(argv, match, tmp_path, capsys):
     _save_broken(tmp_path)
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 4)))

@@ -18,9 +18,9 @@ import importlib
 __all__ = ["ALL_CHECKS", "DEFAULT_CHECKS", "Finding", "Report", "examine"]
 
 _HOMES = {
-    "ALL_CHECKS": "tfkit.doctor.examine",
-    "DEFAULT_CHECKS": "tfkit.doctor.examine",
-    "examine": "tfkit.doctor.examine",
+    "ALL_CHECKS": "tfkit.doctor._examine",
+    "DEFAULT_CHECKS": "tfkit.doctor._examine",
+    "examine": "tfkit.doctor._examine",
     "Finding": "tfkit.doctor.report",
     "Report": "tfkit.doctor.report",
 }

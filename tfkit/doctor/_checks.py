@@ -73,8 +73,11 @@ def _owned(model, trainable=True) -> list[tuple[str, list]]:
     for path, layer in _walk(model):
         subs = layer._flatten_layers(include_self=False, recursive=False)
         below = {id(v) for s in subs for v in (s.trainable_weights if trainable else s.weights)}
-        own = [v for v in (layer.trainable_weights if trainable else layer.weights)
-               if id(v) not in below]
+        own = [
+            v
+            for v in (layer.trainable_weights if trainable else layer.weights)
+            if id(v) not in below
+        ]
         if own:
             groups.append((path, own))
     return groups
@@ -175,60 +178,100 @@ def check_nonfinite(ctx) -> list[Finding]:
     model, findings = ctx.model, []
     for i, (x, y, sw) in enumerate(ctx.batches):
         if not _finite((x, y, sw)):
-            findings.append(Finding(
-                "nonfinite", "error",
-                f"the data holds NaN or inf (batch {i} of the sample): clean or impute it "
-                "before training (np.nan_to_num, dropping rows, tf.data filter).",
-                data={"batch": i}))
+            findings.append(
+                Finding(
+                    "nonfinite",
+                    "error",
+                    f"the data holds NaN or inf (batch {i} of the sample): clean or impute it "
+                    "before training (np.nan_to_num, dropping rows, tf.data filter).",
+                    data={"batch": i},
+                )
+            )
             return findings
     for path, variables in _owned(model, trainable=False):
         if not _finite([v.numpy() for v in variables]):
-            findings.append(Finding(
-                "nonfinite", "error",
-                f"layer {path!r} holds non-finite weights before training: re-initialise it "
-                "(or load a finite checkpoint).", layer=path, data={"stage": "weights"}))
+            findings.append(
+                Finding(
+                    "nonfinite",
+                    "error",
+                    f"layer {path!r} holds non-finite weights before training: re-initialise it "
+                    "(or load a finite checkpoint).",
+                    layer=path,
+                    data={"stage": "weights"},
+                )
+            )
             return findings
     x, y, sw = ctx.batch
     guard = NaNGuard()
     guard.set_model(model)
     report = guard.diagnose(x, y)
     loss = float(_loss(model, x, y, sw, model(x, training=False), False))
-    data = {"loss": loss, **{k: report[k] for k in ("forward_origin", "gradient_layers",
-                                                    "gradient_origin")}}
+    data = {
+        "loss": loss,
+        **{k: report[k] for k in ("forward_origin", "gradient_layers", "gradient_origin")},
+    }
     if report["forward_origin"] is not None:
         layer = report["forward_origin"]
-        findings.append(Finding(
-            "nonfinite", "error",
-            f"the forward pass first turns non-finite at layer {layer!r} (finite inputs): "
-            "guard its operation (log/sqrt/divide of values <= 0, overflow of exp); "
-            "clip or add an epsilon.", layer=layer, data=data))
+        findings.append(
+            Finding(
+                "nonfinite",
+                "error",
+                f"the forward pass first turns non-finite at layer {layer!r} (finite inputs): "
+                "guard its operation (log/sqrt/divide of values <= 0, overflow of exp); "
+                "clip or add an epsilon.",
+                layer=layer,
+                data=data,
+            )
+        )
     elif not math.isfinite(loss):
-        findings.append(Finding(
-            "nonfinite", "error",
-            f"the loss is {loss} on finite outputs: the labels or the loss function produce it "
-            "(log of 0 probabilities? labels out of range?).", data=data))
+        findings.append(
+            Finding(
+                "nonfinite",
+                "error",
+                f"the loss is {loss} on finite outputs: the labels or the loss function produce it "
+                "(log of 0 probabilities? labels out of range?).",
+                data=data,
+            )
+        )
     elif report["gradient_layers"]:
         layer = report["gradient_origin"]
-        findings.append(Finding(
-            "nonfinite", "error",
-            f"gradients are non-finite, first produced by layer {layer!r} in the backward pass "
-            "(finite forward): a non-differentiable point (sqrt(0), abs at 0 under a log); "
-            "add an epsilon inside it.", layer=layer, data=data))
+        findings.append(
+            Finding(
+                "nonfinite",
+                "error",
+                f"gradients are non-finite, first produced by layer {layer!r} in the backward pass "
+                "(finite forward): a non-differentiable point (sqrt(0), abs at 0 under a log); "
+                "add an epsilon inside it.",
+                layer=layer,
+                data=data,
+            )
+        )
     if findings:
         return findings
     # One real update: an overflow in the optimizer shows as non-finite weights.
     _train_steps(ctx, x, y, sw, ctx.micro)
     for path, variables in _owned(model, trainable=False):
         if not _finite([v.numpy() for v in variables]):
-            findings.append(Finding(
-                "nonfinite", "error",
-                f"one optimizer update made the weights of layer {path!r} non-finite: the "
-                "learning rate is far too large, or gradients overflow (clip them: "
-                "global_clipnorm=1.0).", layer=path, data={**data, "stage": "update"}))
+            findings.append(
+                Finding(
+                    "nonfinite",
+                    "error",
+                    f"one optimizer update made the weights of layer {path!r} non-finite: the "
+                    "learning rate is far too large, or gradients overflow (clip them: "
+                    "global_clipnorm=1.0).",
+                    layer=path,
+                    data={**data, "stage": "update"},
+                )
+            )
             return findings
-    findings.append(Finding("nonfinite", "info",
-                            f"loss ({loss:.4g}), gradients and weights are finite, also after "
-                            "one update.", data=data))
+    findings.append(
+        Finding(
+            "nonfinite",
+            "info",
+            f"loss ({loss:.4g}), gradients and weights are finite, also after one update.",
+            data=data,
+        )
+    )
     return findings
 
 
@@ -240,11 +283,29 @@ def check_initial_loss(ctx) -> list[Finding]:
     loss = math.nan
     if kind is None or len(tf.nest.flatten(preds[0])) != 1 or len(tf.nest.flatten(ys[0])) != 1:
         loss = _mean_loss(model, ctx.batches, preds)
-        return [Finding("initial_loss", "info",
-                        f"loss at init {loss:.4g}; no reference value for this loss/output "
-                        "(cross-entropies only).", data={"loss": loss})]
-    p = _concat([np.asarray(tf.nest.flatten(q)[0], dtype="float64") for q in preds])
-    y = _concat([tf.nest.flatten(t)[0] for t in ys]).astype("float64")
+        return [
+            Finding(
+                "initial_loss",
+                "info",
+                f"loss at init {loss:.4g}; no reference value for this loss/output "
+                "(cross-entropies only).",
+                data={"loss": loss},
+            )
+        ]
+    # Per-position rows: sequence outputs of batches padded to different lengths concatenate.
+    width = int(np.shape(tf.nest.flatten(preds[0])[0])[-1])
+    p = _concat(
+        [np.reshape(np.asarray(tf.nest.flatten(q)[0], dtype="float64"), (-1, width)) for q in preds]
+    )
+    y = _concat(
+        [
+            np.reshape(
+                np.asarray(tf.nest.flatten(t)[0], dtype="float64"),
+                (-1,) if kind == "sparse_ce" else (-1, width),
+            )
+            for t in ys
+        ]
+    )
     out = _output_layer(model)
     findings = []
     classes = p.shape[-1] if kind != "bce" else 2
@@ -254,59 +315,104 @@ def check_initial_loss(ctx) -> list[Finding]:
     if kind == "sparse_ce":
         labels = y.astype("float64")
         valid = labels if ignore_class is None else labels[labels != ignore_class]
-        if valid.size and (valid.min() < 0 or valid.max() >= classes or
-                           not np.all(valid == np.round(valid))):
-            findings.append(Finding(
-                "initial_loss", "error",
-                f"labels range over [{valid.min():g}, {valid.max():g}] but the output "
-                f"{out!r} has {classes} classes: sparse labels must be integers in "
-                f"[0, {classes - 1}]; fix the labels or the number of units.",
-                layer=out, data=data))
+        if valid.size and (
+            valid.min() < 0 or valid.max() >= classes or not np.all(valid == np.round(valid))
+        ):
+            findings.append(
+                Finding(
+                    "initial_loss",
+                    "error",
+                    f"labels range over [{valid.min():g}, {valid.max():g}] but the output "
+                    f"{out!r} has {classes} classes: sparse labels must be integers in "
+                    f"[0, {classes - 1}]; fix the labels or the number of units.",
+                    layer=out,
+                    data=data,
+                )
+            )
     elif kind == "ce":
-        if y.shape != p.shape or y.min() < 0 or y.max() > 1 or not np.allclose(
-                y.sum(axis=-1), 1, atol=1e-3):
-            findings.append(Finding(
-                "initial_loss", "error",
-                f"categorical_crossentropy needs one-hot (or probability) labels of shape "
-                f"{p.shape[1:]}, received labels of shape {y.shape[1:]} with values in "
-                f"[{y.min():g}, {y.max():g}]: one-hot them or use "
-                "sparse_categorical_crossentropy.", layer=out, data=data))
+        if (
+            y.shape != p.shape
+            or y.min() < 0
+            or y.max() > 1
+            or not np.allclose(y.sum(axis=-1), 1, atol=1e-3)
+        ):
+            findings.append(
+                Finding(
+                    "initial_loss",
+                    "error",
+                    f"categorical_crossentropy needs one-hot (or probability) labels of shape "
+                    f"{p.shape[1:]}, received labels of shape {y.shape[1:]} with values in "
+                    f"[{y.min():g}, {y.max():g}]: one-hot them or use "
+                    "sparse_categorical_crossentropy.",
+                    layer=out,
+                    data=data,
+                )
+            )
     elif kind == "bce" and (y.min() < 0 or y.max() > 1):
-        findings.append(Finding(
-            "initial_loss", "error",
-            f"binary_crossentropy needs labels in [0, 1], received [{y.min():g}, {y.max():g}].",
-            layer=out, data=data))
+        findings.append(
+            Finding(
+                "initial_loss",
+                "error",
+                f"binary_crossentropy needs labels in [0, 1], received [{y.min():g}, {y.max():g}].",
+                layer=out,
+                data=data,
+            )
+        )
     # The output against from_logits.
     if kind == "bce":
         probabilities = p.min() >= 0 and p.max() <= 1
     else:
         probabilities = p.min() >= 0 and np.allclose(p.sum(axis=-1), 1, atol=1e-3)
     if from_logits and probabilities:
-        findings.append(Finding(
-            "initial_loss", "error",
-            f"the output {out!r} already holds probabilities (a sigmoid/softmax) but the loss has "
-            "from_logits=True, so it squashes them again and the loss cannot go to zero: drop "
-            "the output activation or set from_logits=False.", layer=out, data=data))
+        findings.append(
+            Finding(
+                "initial_loss",
+                "error",
+                f"the output {out!r} already holds probabilities (a sigmoid/softmax) but the loss has "
+                "from_logits=True, so it squashes them again and the loss cannot go to zero: drop "
+                "the output activation or set from_logits=False.",
+                layer=out,
+                data=data,
+            )
+        )
     elif not from_logits and not probabilities:
-        findings.append(Finding(
-            "initial_loss", "error",
-            f"the output {out!r} is not a probability (values in [{p.min():.3g}, "
-            f"{p.max():.3g}]) but the loss has from_logits=False: compile the loss with "
-            "from_logits=True (or end the model with a softmax/sigmoid).", layer=out, data=data))
+        findings.append(
+            Finding(
+                "initial_loss",
+                "error",
+                f"the output {out!r} is not a probability (values in [{p.min():.3g}, "
+                f"{p.max():.3g}]) but the loss has from_logits=False: compile the loss with "
+                "from_logits=True (or end the model with a softmax/sigmoid).",
+                layer=out,
+                data=data,
+            )
+        )
     if findings:
         return findings
     loss = data["loss"] = _mean_loss(model, ctx.batches, preds)
     slack = max(INITIAL_LOSS_SLACK, INITIAL_LOSS_SLACK * expected)
     if loss > expected + slack:
-        return [Finding(
-            "initial_loss", "warning",
-            f"loss at init {loss:.4g} is well above log({classes}) = {expected:.4g}, the loss of "
-            f"a uniform prediction: the last layer {out!r} starts confidently wrong. Initialise "
-            "its kernel small (kernel_initializer='zeros' or a small stddev) and its bias to "
-            "the log class priors.", layer=out, data=data)]
-    return [Finding("initial_loss", "info",
-                    f"loss at init {loss:.4g}, log({classes}) = {expected:.4g} expected for a "
-                    "uniform prediction.", data=data)]
+        return [
+            Finding(
+                "initial_loss",
+                "warning",
+                f"loss at init {loss:.4g} is well above log({classes}) = {expected:.4g}, the loss of "
+                f"a uniform prediction: the last layer {out!r} starts confidently wrong. Initialise "
+                "its kernel small (kernel_initializer='zeros' or a small stddev) and its bias to "
+                "the log class priors.",
+                layer=out,
+                data=data,
+            )
+        ]
+    return [
+        Finding(
+            "initial_loss",
+            "info",
+            f"loss at init {loss:.4g}, log({classes}) = {expected:.4g} expected for a "
+            "uniform prediction.",
+            data=data,
+        )
+    ]
 
 
 def _probe_outputs(model):
@@ -314,12 +420,14 @@ def _probe_outputs(model):
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     names = [layer.name for layer in layers]
     if isinstance(model, keras.Sequential):
+
         def chain(x, training=False):
             outputs = []
             for layer in layers:
                 x = layer(x, training=training)
                 outputs.append(x)
             return outputs
+
         return chain, names
     try:
         probe = keras.Model(model.input, [layer.output for layer in layers])
@@ -334,8 +442,9 @@ def check_batch_independence(ctx) -> list[Finding]:
     n = len(tf.nest.flatten(x)[0])
     k = (n + 1) // 2
     if k < 2:
-        return [Finding("batch_independence", "info",
-                        "skipped: needs a batch of at least 3 examples.")]
+        return [
+            Finding("batch_independence", "info", "skipped: needs a batch of at least 3 examples.")
+        ]
     # Example 0 with examples 1..k-1, then with examples k..2k-2: only the others change.
     first = _slice(x, np.arange(k))
     second = _slice(x, np.concatenate([[0], np.arange(k, 2 * k - 1)]))
@@ -358,16 +467,27 @@ def check_batch_independence(ctx) -> list[Finding]:
     data = {"layers": names, "relative_change": changes, "examples": k}
     for name, change in zip(names, changes, strict=True):
         if change > MIXING_TOLERANCE:
-            return [Finding(
-                "batch_independence", "error",
-                f"layer {name!r} mixes examples: the output of example 0 changes by "
-                f"{change:.2g} (relative) when only the other examples of the batch change, in "
-                "inference mode. An op reduces or reshapes across the batch axis (a mean over "
-                "axis 0, a reshape/transpose that moves the batch axis); keep it per example.",
-                layer=name, data=data)]
-    return [Finding("batch_independence", "info",
-                    "each example's output depends on that example only (inference mode, where "
-                    "BatchNormalization uses its moving statistics).", data=data)]
+            return [
+                Finding(
+                    "batch_independence",
+                    "error",
+                    f"layer {name!r} mixes examples: the output of example 0 changes by "
+                    f"{change:.2g} (relative) when only the other examples of the batch change, in "
+                    "inference mode. An op reduces or reshapes across the batch axis (a mean over "
+                    "axis 0, a reshape/transpose that moves the batch axis); keep it per example.",
+                    layer=name,
+                    data=data,
+                )
+            ]
+    return [
+        Finding(
+            "batch_independence",
+            "info",
+            "each example's output depends on that example only (inference mode, where "
+            "BatchNormalization uses its moving statistics).",
+            data=data,
+        )
+    ]
 
 
 def check_gradient_flow(ctx) -> list[Finding]:
@@ -389,20 +509,39 @@ def check_gradient_flow(ctx) -> list[Finding]:
         ratios.append(g / w if w > 0 else float("inf") if g > 0 else 0.0)
         if g == 0.0:
             zero.append(path)
-    data = {"layers": names, "grad_norms": grad_norms, "weight_norms": weight_norms,
-            "ratios": ratios, "no_gradient": missing, "zero_gradient": zero, "loss": loss}
+    data = {
+        "layers": names,
+        "grad_norms": grad_norms,
+        "weight_norms": weight_norms,
+        "ratios": ratios,
+        "no_gradient": missing,
+        "zero_gradient": zero,
+        "loss": loss,
+    }
     findings = []
     for path in missing:
-        findings.append(Finding(
-            "gradient_flow", "warning",
-            f"layer {path!r} has trainable weights but gets no gradient: it does not reach the "
-            "loss (an unused branch, a stop_gradient, an integer cast). Connect it or set "
-            "trainable=False.", layer=path, data=data))
+        findings.append(
+            Finding(
+                "gradient_flow",
+                "warning",
+                f"layer {path!r} has trainable weights but gets no gradient: it does not reach the "
+                "loss (an unused branch, a stop_gradient, an integer cast). Connect it or set "
+                "trainable=False.",
+                layer=path,
+                data=data,
+            )
+        )
     for path in zero:
-        findings.append(Finding(
-            "gradient_flow", "warning",
-            f"layer {path!r} gets an exactly zero gradient on this batch: dead ReLUs or a "
-            "saturated activation upstream block it (see dead_units).", layer=path, data=data))
+        findings.append(
+            Finding(
+                "gradient_flow",
+                "warning",
+                f"layer {path!r} gets an exactly zero gradient on this batch: dead ReLUs or a "
+                "saturated activation upstream block it (see dead_units).",
+                layer=path,
+                data=data,
+            )
+        )
     live = [(n, r) for n, r in zip(names, ratios, strict=True) if r > 0 and math.isfinite(r)]
     if not findings and live:
         high = max(live, key=lambda t: t[1])
@@ -410,27 +549,41 @@ def check_gradient_flow(ctx) -> list[Finding]:
         # tiny gradients at init (attention keys: a near-uniform softmax hides them).
         first, last = live[0], live[-1]
         if high[1] > GRADIENT_CEILING:
-            findings.append(Finding(
-                "gradient_flow", "warning",
-                f"gradients explode: layer {high[0]!r} has ||g||/||w|| = {high[1]:.3g}: scale the "
-                "initialisation down (he_normal/glorot), normalise inputs and targets, add "
-                "normalisation layers or clip gradients (global_clipnorm=1.0).",
-                layer=high[0], data=data))
+            findings.append(
+                Finding(
+                    "gradient_flow",
+                    "warning",
+                    f"gradients explode: layer {high[0]!r} has ||g||/||w|| = {high[1]:.3g}: scale the "
+                    "initialisation down (he_normal/glorot), normalise inputs and targets, add "
+                    "normalisation layers or clip gradients (global_clipnorm=1.0).",
+                    layer=high[0],
+                    data=data,
+                )
+            )
         elif max(first[1] / last[1], last[1] / first[1]) > GRADIENT_SPREAD:
             vanishing = first[1] < last[1]
-            findings.append(Finding(
-                "gradient_flow", "warning",
-                f"gradients {'vanish' if vanishing else 'explode'} toward the input: "
-                f"||g||/||w|| is {first[1]:.3g} at the first layer {first[0]!r} and "
-                f"{last[1]:.3g} at the last {last[0]!r}. Use ReLU-family activations with "
-                "he_normal init, residual connections or normalisation layers.",
-                layer=first[0], data=data))
+            findings.append(
+                Finding(
+                    "gradient_flow",
+                    "warning",
+                    f"gradients {'vanish' if vanishing else 'explode'} toward the input: "
+                    f"||g||/||w|| is {first[1]:.3g} at the first layer {first[0]!r} and "
+                    f"{last[1]:.3g} at the last {last[0]!r}. Use ReLU-family activations with "
+                    "he_normal init, residual connections or normalisation layers.",
+                    layer=first[0],
+                    data=data,
+                )
+            )
     if not findings:
-        findings.append(Finding(
-            "gradient_flow", "info",
-            f"{len(names)} layers get gradients; ||g||/||w|| from "
-            f"{min(ratios) if ratios else 0:.3g} to {max(ratios) if ratios else 0:.3g}.",
-            data=data))
+        findings.append(
+            Finding(
+                "gradient_flow",
+                "info",
+                f"{len(names)} layers get gradients; ||g||/||w|| from "
+                f"{min(ratios) if ratios else 0:.3g} to {max(ratios) if ratios else 0:.3g}.",
+                data=data,
+            )
+        )
     return findings
 
 
@@ -445,8 +598,9 @@ def _is_relu(layer) -> str | None:
 
 def check_dead_units(ctx) -> list[Finding]:
     model = ctx.model
-    targets = [(path, layer, how) for path, layer in _walk(model)
-               if (how := _is_relu(layer)) is not None]
+    targets = [
+        (path, layer, how) for path, layer in _walk(model) if (how := _is_relu(layer)) is not None
+    ]
     if not targets:
         return [Finding("dead_units", "info", "no ReLU-family layer.")]
     active: dict[str, np.ndarray] = {}
@@ -462,6 +616,7 @@ def check_dead_units(ctx) -> list[Finding]:
             zeros[path][0] += int((flat == 0).sum())
             zeros[path][1] += flat.size
             return out
+
         return record
 
     saved = []
@@ -482,22 +637,39 @@ def check_dead_units(ctx) -> list[Finding]:
     dead = [float(1 - active[p].mean()) for p in names]
     zero = [zeros[p][0] / max(zeros[p][1], 1) for p in names]
     units = [int(active[p].size) for p in names]
-    data = {"layers": names, "dead_fractions": dead, "zero_fractions": zero, "units": units,
-            "examples": sum(len(tf.nest.flatten(b[0])[0]) for b in ctx.batches)}
+    data = {
+        "layers": names,
+        "dead_fractions": dead,
+        "zero_fractions": zero,
+        "units": units,
+        "examples": sum(len(tf.nest.flatten(b[0])[0]) for b in ctx.batches),
+    }
     findings = []
     for name, d, u in zip(names, dead, units, strict=True):
         if d >= DEAD_FRACTION:
-            findings.append(Finding(
-                "dead_units", "warning",
-                f"layer {name!r}: {d:.0%} of its {u} ReLU units are never active on "
-                f"{data['examples']} examples (dead: no gradient reaches their weights). Check "
-                "the bias initialisation (not strongly negative), lower the learning rate, or "
-                "use leaky_relu/gelu.", layer=name, data=data))
+            findings.append(
+                Finding(
+                    "dead_units",
+                    "warning",
+                    f"layer {name!r}: {d:.0%} of its {u} ReLU units are never active on "
+                    f"{data['examples']} examples (dead: no gradient reaches their weights). Check "
+                    "the bias initialisation (not strongly negative), lower the learning rate, or "
+                    "use leaky_relu/gelu.",
+                    layer=name,
+                    data=data,
+                )
+            )
     if not findings:
         worst = max(dead) if dead else 0.0
-        findings.append(Finding("dead_units", "info",
-                                f"{len(names)} ReLU-family layers; at most {worst:.0%} of a "
-                                "layer's units never active.", data=data))
+        findings.append(
+            Finding(
+                "dead_units",
+                "info",
+                f"{len(names)} ReLU-family layers; at most {worst:.0%} of a "
+                "layer's units never active.",
+                data=data,
+            )
+        )
     return findings
 
 
@@ -509,8 +681,10 @@ def check_update_ratio(ctx) -> list[Finding]:
     for _update in range(10):  # loss scaling may skip the first updates (overflow)
         _train_steps(ctx, x, y, sw, ctx.micro)
         after = [[np.asarray(v.numpy(), dtype="float64") for v in vs] for _, vs in groups]
-        deltas = [_norm([a - b for a, b in zip(aa, bb, strict=True)])
-                  for aa, bb in zip(after, before, strict=True)]
+        deltas = [
+            _norm([a - b for a, b in zip(aa, bb, strict=True)])
+            for aa, bb in zip(after, before, strict=True)
+        ]
         if any(d > 0 for d in deltas):
             break
     names, ratios = [], []
@@ -519,8 +693,7 @@ def check_update_ratio(ctx) -> list[Finding]:
         if w > 0:
             names.append(path)
             ratios.append(d / w)
-    data = {"layers": names, "ratios": ratios, "low": UPDATE_RATIO_LOW,
-            "high": UPDATE_RATIO_HIGH}
+    data = {"layers": names, "ratios": ratios, "low": UPDATE_RATIO_LOW, "high": UPDATE_RATIO_HIGH}
     rate = _current_rate(model)
     at = f" (learning rate {rate:.3g})" if rate is not None else ""
     findings = []
@@ -529,34 +702,56 @@ def check_update_ratio(ctx) -> list[Finding]:
         high = max(trained, key=lambda t: t[1])
         low = min(trained, key=lambda t: t[1])
         if high[1] > UPDATE_RATIO_HIGH:
-            findings.append(Finding(
-                "update_ratio", "warning",
-                f"one update changes layer {high[0]!r} by {high[1]:.2g} of its norm{at}; "
-                f"~1e-3 is healthy, above {UPDATE_RATIO_HIGH:g} training is unstable: lower "
-                "the learning rate.", layer=high[0], data=data))
+            findings.append(
+                Finding(
+                    "update_ratio",
+                    "warning",
+                    f"one update changes layer {high[0]!r} by {high[1]:.2g} of its norm{at}; "
+                    f"~1e-3 is healthy, above {UPDATE_RATIO_HIGH:g} training is unstable: lower "
+                    "the learning rate.",
+                    layer=high[0],
+                    data=data,
+                )
+            )
         elif low[1] < UPDATE_RATIO_LOW:
-            findings.append(Finding(
-                "update_ratio", "warning",
-                f"one update changes layer {low[0]!r} by only {low[1]:.2g} of its norm{at}; "
-                f"~1e-3 is healthy, below {UPDATE_RATIO_LOW:g} it barely learns: raise the "
-                "learning rate.", layer=low[0], data=data))
+            findings.append(
+                Finding(
+                    "update_ratio",
+                    "warning",
+                    f"one update changes layer {low[0]!r} by only {low[1]:.2g} of its norm{at}; "
+                    f"~1e-3 is healthy, below {UPDATE_RATIO_LOW:g} it barely learns: raise the "
+                    "learning rate.",
+                    layer=low[0],
+                    data=data,
+                )
+            )
     elif names:
-        findings.append(Finding(
-            "update_ratio", "warning",
-            f"no weight changed in {ctx.micro * 10} training steps{at}: zero learning rate, "
-            "frozen layers, or every update skipped by loss scaling.", data=data))
+        findings.append(
+            Finding(
+                "update_ratio",
+                "warning",
+                f"no weight changed in {ctx.micro * 10} training steps{at}: zero learning rate, "
+                "frozen layers, or every update skipped by loss scaling.",
+                data=data,
+            )
+        )
     if not findings:
-        findings.append(Finding(
-            "update_ratio", "info",
-            f"update/weight ratio from {min(ratios):.2g} to {max(ratios):.2g} per update "
-            f"(healthy near 1e-3).", data=data))
+        findings.append(
+            Finding(
+                "update_ratio",
+                "info",
+                f"update/weight ratio from {min(ratios):.2g} to {max(ratios):.2g} per update "
+                f"(healthy near 1e-3).",
+                data=data,
+            )
+        )
     return findings
 
 
 def _current_rate(model) -> float | None:
     try:
         return float(innermost(model.optimizer).learning_rate)
-    except (AttributeError, TypeError, ValueError, NotImplementedError):
+    except Exception:  # noqa: BLE001 - MultiOptimizer has no single rate and says so by raising
         return None
 
 
@@ -567,9 +762,14 @@ def check_overfit_batch(ctx) -> list[Finding]:
     x, y = _slice(x, idx), _slice(y, idx)
     sw = None if sw is None else _slice(sw, idx)
     if not model.trainable_variables:
-        return [Finding("overfit_batch", "error",
-                        "the model has no trainable weights (all layers frozen): set "
-                        "layer.trainable = True where it should learn, then recompile.")]
+        return [
+            Finding(
+                "overfit_batch",
+                "error",
+                "the model has no trainable weights (all layers frozen): set "
+                "layer.trainable = True where it should learn, then recompile.",
+            )
+        ]
     before = [np.array(v.numpy()) for v in model.trainable_variables]
     losses = _overfit(ctx, x, y, sw)
     first, best = losses[0], min(losses) if losses else math.nan
@@ -577,36 +777,65 @@ def check_overfit_batch(ctx) -> list[Finding]:
     ctx.results["overfit_batch"] = data
     rate = _current_rate(model)
     at = f" at learning rate {rate:.3g}" if rate is not None else ""
-    if all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables,
-                                                           strict=True)):
-        return [Finding("overfit_batch", "error",
-                        f"no weight changed in {len(losses)} steps{at}: the weights are frozen "
-                        "(trainable=False), the learning rate is 0 or no gradient reaches them.",
-                        data=data)]
+    if all(
+        np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables, strict=True)
+    ):
+        return [
+            Finding(
+                "overfit_batch",
+                "error",
+                f"no weight changed in {len(losses)} steps{at}: the weights are frozen "
+                "(trainable=False), the learning rate is 0 or no gradient reaches them.",
+                data=data,
+            )
+        ]
     if not all(math.isfinite(v) for v in losses):
-        return [Finding("overfit_batch", "error",
-                        f"the loss became non-finite after {len(losses)} steps on one batch{at}: "
-                        "the learning rate is too high (or see nonfinite).", data=data)]
+        return [
+            Finding(
+                "overfit_batch",
+                "error",
+                f"the loss became non-finite after {len(losses)} steps on one batch{at}: "
+                "the learning rate is too high (or see nonfinite).",
+                data=data,
+            )
+        ]
     if best <= OVERFIT_TARGET * first:
-        return [Finding("overfit_batch", "info",
-                        f"memorised {len(idx)} examples: loss {first:.4g} -> {best:.4g} in "
-                        f"{len(losses)} steps.", data=data)]
-    tail = losses[-max(3, len(losses) // 5):]
+        return [
+            Finding(
+                "overfit_batch",
+                "info",
+                f"memorised {len(idx)} examples: loss {first:.4g} -> {best:.4g} in "
+                f"{len(losses)} steps.",
+                data=data,
+            )
+        ]
+    tail = losses[-max(3, len(losses) // 5) :]
     if best > 0.9 * first or tail[-1] > tail[0] * 1.05:
-        why = ("the loss does not go down or rises: the learning rate is too high, the "
-               "output and the loss do not match (see initial_loss), or the labels are "
-               "wrong")
+        why = (
+            "the loss does not go down or rises: the learning rate is too high, the "
+            "output and the loss do not match (see initial_loss), or the labels are "
+            "wrong"
+        )
     elif tail[-1] > 0.95 * tail[0]:
-        why = ("the loss plateaus: the output activation cannot reach the targets "
-               "(e.g. a sigmoid/softmax against targets outside [0, 1], from_logits twice) "
-               "or the model is too small")
+        why = (
+            "the loss plateaus: the output activation cannot reach the targets "
+            "(e.g. a sigmoid/softmax against targets outside [0, 1], from_logits twice) "
+            "or the model is too small"
+        )
     else:
-        why = ("the loss still falls slowly: the learning rate is too low (or raise "
-               "overfit_steps / time_budget)")
-    return [Finding("overfit_batch", "warning",
-                    f"cannot overfit {len(idx)} examples: loss {first:.4g} -> {best:.4g} in "
-                    f"{len(losses)} steps{at} (target {OVERFIT_TARGET:g} x initial); {why}.",
-                    data=data)]
+        why = (
+            "the loss still falls slowly: the learning rate is too low (or raise "
+            "overfit_steps / time_budget)"
+        )
+    return [
+        Finding(
+            "overfit_batch",
+            "warning",
+            f"cannot overfit {len(idx)} examples: loss {first:.4g} -> {best:.4g} in "
+            f"{len(losses)} steps{at} (target {OVERFIT_TARGET:g} x initial); {why}.",
+            data=data,
+        )
+    ]
 
 
 def _overfit(ctx, x, y, sw) -> list[float]:
@@ -637,16 +866,22 @@ def _dataset_ops(dataset) -> set[str]:
 def _pipeline_advice(ops: set[str]) -> list[str]:
     advice = []
     if not any(op.startswith("Prefetch") for op in ops):
-        advice.append("end the pipeline with .prefetch(tf.data.AUTOTUNE) so batches are "
-                      "produced while the model trains")
+        advice.append(
+            "end the pipeline with .prefetch(tf.data.AUTOTUNE) so batches are "
+            "produced while the model trains"
+        )
     if "MapDataset" in ops:
         advice.append("pass num_parallel_calls=tf.data.AUTOTUNE to .map()")
     if ops & {"PyFunc", "EagerPyFunc", "GeneratorDataset"}:
-        advice.append("Python code runs in the pipeline (from_generator / py_function, one "
-                      "thread under the GIL): rewrite it in TensorFlow ops or precompute it")
+        advice.append(
+            "Python code runs in the pipeline (from_generator / py_function, one "
+            "thread under the GIL): rewrite it in TensorFlow ops or precompute it"
+        )
     if not any(op.startswith("Cache") for op in ops):
-        advice.append("cache() the data after the expensive deterministic steps (before "
-                      "shuffle/augmentation) when it fits in memory")
+        advice.append(
+            "cache() the data after the expensive deterministic steps (before "
+            "shuffle/augmentation) when it fits in memory"
+        )
     return advice
 
 
@@ -663,9 +898,15 @@ def check_input_pipeline(ctx) -> list[Finding]:
         step_times.append(time.perf_counter() - t)
     step = float(np.median(step_times))
     if not isinstance(ctx.data, tf.data.Dataset):
-        return [Finding("input_pipeline", "info",
-                        f"in-memory arrays (Keras batches and prefetches them); one training "
-                        f"step takes {step * 1e3:.3g} ms.", data={"step_seconds": step})]
+        return [
+            Finding(
+                "input_pipeline",
+                "info",
+                f"in-memory arrays (Keras batches and prefetches them); one training "
+                f"step takes {step * 1e3:.3g} ms.",
+                data={"step_seconds": step},
+            )
+        ]
     iterator = iter(ctx.data)
     next(iterator)  # the first batch includes start-up (shuffle buffer, iterator creation)
     data_times = []
@@ -679,19 +920,38 @@ def check_input_pipeline(ctx) -> list[Finding]:
         data_times.append(time.perf_counter() - t)
     produce = float(np.median(data_times)) if data_times else 0.0
     advice = _pipeline_advice(_dataset_ops(ctx.data))
-    data = {"step_seconds": step, "batch_seconds": produce,
-            "ratio": produce / step if step > 0 else math.inf, "advice": advice}
+    data = {
+        "step_seconds": step,
+        "batch_seconds": produce,
+        "ratio": produce / step if step > 0 else math.inf,
+        "advice": advice,
+    }
     if produce > step:
-        fixes = "; ".join(advice) if advice else ("parallelise the slow step "
-                                                  "(interleave/map with num_parallel_calls)")
-        return [Finding("input_pipeline", "warning",
-                        f"input-bound: producing a batch takes {produce * 1e3:.3g} ms, training "
-                        f"on it {step * 1e3:.3g} ms, so the device waits for data. Fix: "
-                        f"{fixes}.", data=data)]
+        fixes = (
+            "; ".join(advice)
+            if advice
+            else ("parallelise the slow step (interleave/map with num_parallel_calls)")
+        )
+        return [
+            Finding(
+                "input_pipeline",
+                "warning",
+                f"input-bound: producing a batch takes {produce * 1e3:.3g} ms, training "
+                f"on it {step * 1e3:.3g} ms, so the device waits for data. Fix: "
+                f"{fixes}.",
+                data=data,
+            )
+        ]
     note = f" Could still: {'; '.join(advice)}." if advice else ""
-    return [Finding("input_pipeline", "info",
-                    f"not input-bound: a batch takes {produce * 1e3:.3g} ms to produce and "
-                    f"{step * 1e3:.3g} ms to train on.{note}", data=data)]
+    return [
+        Finding(
+            "input_pipeline",
+            "info",
+            f"not input-bound: a batch takes {produce * 1e3:.3g} ms to produce and "
+            f"{step * 1e3:.3g} ms to train on.{note}",
+            data=data,
+        )
+    ]
 
 
 _AUDIT_SEVERITY = {
@@ -707,11 +967,20 @@ def check_precision(ctx) -> list[Finding]:
     from tfkit.precision import audit
 
     batch = len(tf.nest.flatten(ctx.batch[0])[0])
-    found = audit(ctx.model, batch_size=batch if isinstance(ctx.data, tf.data.Dataset)
-                  else ctx.options["batch_size"])
-    findings = [Finding("precision", _AUDIT_SEVERITY.get(f.code, "info"),
-                        f"[{f.code}] {f.problem} Fix: {f.fix}", layer=f.layer,
-                        data={"code": f.code}) for f in found]
+    found = audit(
+        ctx.model,
+        batch_size=batch if isinstance(ctx.data, tf.data.Dataset) else ctx.options["batch_size"],
+    )
+    findings = [
+        Finding(
+            "precision",
+            _AUDIT_SEVERITY.get(f.code, "info"),
+            f"[{f.code}] {f.problem} Fix: {f.fix}",
+            layer=f.layer,
+            data={"code": f.code},
+        )
+        for f in found
+    ]
     return findings or [Finding("precision", "info", "precision.audit: nothing to fix.")]
 
 
@@ -720,26 +989,55 @@ def check_learning_rate(ctx) -> list[Finding]:
 
     rate = _current_rate(ctx.model)
     if rate is None:
-        return [Finding("learning_rate", "info",
-                        "skipped: the optimizer has no single learning rate (parameter groups).")]
+        return [
+            Finding(
+                "learning_rate",
+                "info",
+                "skipped: the optimizer has no single learning rate (parameter groups).",
+            )
+        ]
     steps = max(20, min(100, ctx.options["overfit_steps"] // 3))
-    result = lr_find(ctx.model, ctx.data, steps=steps, verbose=0, seed=ctx.options["seed"],
-                     batch_size=ctx.options["batch_size"])
-    data = {"configured": rate, "suggestion": result.suggestion, "lrs": result.lrs.tolist(),
-            "losses": result.losses.tolist()}
+    result = lr_find(
+        ctx.model,
+        ctx.data,
+        steps=steps,
+        verbose=0,
+        seed=ctx.options["seed"],
+        batch_size=ctx.options["batch_size"],
+    )
+    data = {
+        "configured": rate,
+        "suggestion": result.suggestion,
+        "lrs": result.lrs.tolist(),
+        "losses": result.losses.tolist(),
+    }
     if result.suggestion is None:
-        return [Finding("learning_rate", "info",
-                        f"lr_find made no suggestion ({result.reason}).", data=data)]
+        return [
+            Finding(
+                "learning_rate", "info", f"lr_find made no suggestion ({result.reason}).", data=data
+            )
+        ]
     factor = rate / result.suggestion
     if factor > LEARNING_RATE_FACTOR or factor < 1 / LEARNING_RATE_FACTOR:
         side = "above" if factor > 1 else "below"
-        return [Finding("learning_rate", "warning",
-                        f"the configured learning rate {rate:.3g} is {max(factor, 1 / factor):.0f}x "
-                        f"{side} lr_find's suggestion {result.suggestion:.3g}: try the "
-                        "suggestion.", data=data)]
-    return [Finding("learning_rate", "info",
-                    f"configured learning rate {rate:.3g}, lr_find suggests "
-                    f"{result.suggestion:.3g}.", data=data)]
+        return [
+            Finding(
+                "learning_rate",
+                "warning",
+                f"the configured learning rate {rate:.3g} is {max(factor, 1 / factor):.0f}x "
+                f"{side} lr_find's suggestion {result.suggestion:.3g}: try the "
+                "suggestion.",
+                data=data,
+            )
+        ]
+    return [
+        Finding(
+            "learning_rate",
+            "info",
+            f"configured learning rate {rate:.3g}, lr_find suggests {result.suggestion:.3g}.",
+            data=data,
+        )
+    ]
 
 
 def check_zero_input(ctx) -> list[Finding]:
@@ -758,14 +1056,25 @@ def check_zero_input(ctx) -> list[Finding]:
     baseline = _train_for(ctx, zeros, y, sw, len(real))
     data = {"real": real, "zero_input": baseline}
     if real[-1] >= 0.9 * baseline[-1]:
-        return [Finding("zero_input", "warning",
-                        f"the model does as well on all-zero inputs (loss {baseline[-1]:.4g}) as "
-                        f"on the real ones ({real[-1]:.4g}) after {steps} steps: the input does "
-                        "not reach the output (check the wiring and the preprocessing).",
-                        data=data)]
-    return [Finding("zero_input", "info",
-                    f"real inputs reach loss {real[-1]:.4g}, zero inputs {baseline[-1]:.4g} "
-                    f"after {steps} steps.", data=data)]
+        return [
+            Finding(
+                "zero_input",
+                "warning",
+                f"the model does as well on all-zero inputs (loss {baseline[-1]:.4g}) as "
+                f"on the real ones ({real[-1]:.4g}) after {steps} steps: the input does "
+                "not reach the output (check the wiring and the preprocessing).",
+                data=data,
+            )
+        ]
+    return [
+        Finding(
+            "zero_input",
+            "info",
+            f"real inputs reach loss {real[-1]:.4g}, zero inputs {baseline[-1]:.4g} "
+            f"after {steps} steps.",
+            data=data,
+        )
+    ]
 
 
 def _train_for(ctx, x, y, sw, steps):

@@ -15,8 +15,17 @@ import pathlib
 
 # Mirrors tfkit.doctor.ALL_CHECKS without importing TensorFlow for `--help`.
 _CHECK_IDS = (
-    "nonfinite", "initial_loss", "batch_independence", "gradient_flow", "dead_units",
-    "update_ratio", "overfit_batch", "input_pipeline", "precision", "learning_rate", "zero_input",
+    "nonfinite",
+    "initial_loss",
+    "batch_independence",
+    "gradient_flow",
+    "dead_units",
+    "update_ratio",
+    "overfit_batch",
+    "input_pipeline",
+    "precision",
+    "learning_rate",
+    "zero_input",
 )
 
 
@@ -28,8 +37,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", type=pathlib.Path, help="a compiled model saved as .keras")
     p.add_argument("--data", type=pathlib.Path, help=".npz with arrays x and y (with --model)")
-    p.add_argument("--checks", help=f"comma-separated check ids (default: all but learning_rate "
-                                    f"and zero_input); known: {', '.join(_CHECK_IDS)}")
+    p.add_argument(
+        "--checks",
+        help=f"comma-separated check ids (default: all but learning_rate "
+        f"and zero_input); known: {', '.join(_CHECK_IDS)}",
+    )
     p.add_argument("--learning-rate", action="store_true", help="also run the lr_find comparison")
     p.add_argument("--baseline", action="store_true", help="also run the zero-input baseline")
     p.add_argument("--batch-size", type=int, default=32)
@@ -69,8 +81,9 @@ def _load(args):
         x, y = npz["x"], npz["y"]
     model = keras.saving.load_model(args.model, safe_mode=True)
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
-        raise ValueError(f"--model {args.model} was saved without compile(): compile it and save "
-                         "it again")
+        raise ValueError(
+            f"--model {args.model} was saved without compile(): compile it and save it again"
+        )
     return model, (x, y)
 
 
@@ -82,9 +95,16 @@ def run(args: argparse.Namespace) -> int:
 
     from tfkit.doctor import examine
 
-    report = examine(model, data, checks=checks, learning_rate=args.learning_rate,
-                     baseline=args.baseline, batch_size=args.batch_size,
-                     time_budget=args.time_budget, seed=args.seed)
+    report = examine(
+        model,
+        data,
+        checks=checks,
+        learning_rate=args.learning_rate,
+        baseline=args.baseline,
+        batch_size=args.batch_size,
+        time_budget=args.time_budget,
+        seed=args.seed,
+    )
     print(report)
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

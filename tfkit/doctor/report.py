@@ -124,10 +124,16 @@ class Report:
             fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(flow["layers"])), 4))
             try:
                 positions = range(len(flow["layers"]))
-                ax.bar(positions, [max(g, 1e-30) for g in flow["grad_norms"]], alpha=0.5,
-                       label="||g||")
-                ax.plot(positions, [max(r, 1e-30) for r in flow["ratios"]], "o-", color="tab:red",
-                        label="||g|| / ||w||")
+                ax.bar(
+                    positions, [max(g, 1e-30) for g in flow["grad_norms"]], alpha=0.5, label="||g||"
+                )
+                ax.plot(
+                    positions,
+                    [max(r, 1e-30) for r in flow["ratios"]],
+                    "o-",
+                    color="tab:red",
+                    label="||g|| / ||w||",
+                )
                 ax.set_yscale("log")
                 ax.set_xticks(list(positions), flow["layers"], rotation=60, ha="right", fontsize=7)
                 ax.set_ylabel("gradient norm (log)")
@@ -145,8 +151,13 @@ class Report:
             try:
                 positions = range(len(act["layers"]))
                 ax.bar(positions, act["dead_fractions"], label="units never active")
-                ax.plot(positions, act["zero_fractions"], "o-", color="tab:orange",
-                        label="outputs that are zero")
+                ax.plot(
+                    positions,
+                    act["zero_fractions"],
+                    "o-",
+                    color="tab:orange",
+                    label="outputs that are zero",
+                )
                 ax.set_ylim(0, 1)
                 ax.set_xticks(list(positions), act["layers"], rotation=60, ha="right", fontsize=7)
                 ax.set_ylabel("fraction")

@@ -50,8 +50,10 @@ class _Context:
 
 
 def _check_positive(name, value, integer=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        integer and not isinstance(value, int)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (integer and not isinstance(value, int))
     ):
         kind = "an int" if integer else "a number"
         raise TypeError(f"examine: `{name}` must be {kind}, received {value!r}")
@@ -73,8 +75,9 @@ def _sample_batches(data, batch_size: int, sample_size: int, seed: int) -> list[
         batches, count = [], 0
         for batch in data:
             x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
-            batches.append(tf.nest.map_structure(
-                lambda t: None if t is None else np.asarray(t), (x, y, sw)))
+            batches.append(
+                tf.nest.map_structure(lambda t: None if t is None else np.asarray(t), (x, y, sw))
+            )
             count += _num_examples(x)
             if count >= sample_size:
                 break
@@ -178,9 +181,12 @@ def examine(
     for name, value in (("learning_rate", learning_rate), ("baseline", baseline)):
         if not isinstance(value, bool):
             raise TypeError(f"examine: `{name}` must be a bool, received {value!r}")
-    for name, value in (("batch_size", batch_size), ("sample_size", sample_size),
-                        ("overfit_steps", overfit_steps),
-                        ("overfit_batch_size", overfit_batch_size)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("sample_size", sample_size),
+        ("overfit_steps", overfit_steps),
+        ("overfit_batch_size", overfit_batch_size),
+    ):
         _check_positive(name, value, integer=True)
     _check_positive("time_budget", time_budget)
     if checks is None:
@@ -192,11 +198,20 @@ def examine(
     unknown = [c for c in checks if c not in ALL_CHECKS]
     if unknown:
         raise ValueError(f"examine: unknown check(s) {unknown}; known: {list(ALL_CHECKS)}")
-    checks += [c for c, on in (("learning_rate", learning_rate), ("zero_input", baseline))
-               if on and c not in checks]
+    checks += [
+        c
+        for c, on in (("learning_rate", learning_rate), ("zero_input", baseline))
+        if on and c not in checks
+    ]
 
-    options = dict(batch_size=batch_size, sample_size=sample_size, time_budget=float(time_budget),
-                   overfit_steps=overfit_steps, overfit_batch_size=overfit_batch_size, seed=seed)
+    options = dict(
+        batch_size=batch_size,
+        sample_size=sample_size,
+        time_budget=float(time_budget),
+        overfit_steps=overfit_steps,
+        overfit_batch_size=overfit_batch_size,
+        seed=seed,
+    )
     batches = _sample_batches(data, batch_size, sample_size, seed)
     ctx = _Context(model, data, batches, options)
     x, y, sw = ctx.batch
@@ -211,11 +226,14 @@ def examine(
         try:
             findings += _checks.CHECKS[check](ctx)
         except Exception as err:  # noqa: BLE001 - a crash is itself a finding about the set-up
-            findings.append(Finding(
-                check, "error",
-                f"the check could not run: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
-                data={"exception": type(err).__name__},
-            ))
+            findings.append(
+                Finding(
+                    check,
+                    "error",
+                    f"the check could not run: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
+                    data={"exception": type(err).__name__},
+                )
+            )
         finally:
             state.restore()
             seconds[check] = time.perf_counter() - start
