@@ -255,6 +255,37 @@ def _sample_weights():
     return model, (x, y, np.linspace(0.5, 1.5, len(x)).astype("float32"))
 
 
+def _warmup_schedule():
+    model, data = _mlp()
+    schedule = tfkit.schedules.CosineDecay(
+        0.0, decay_steps=10_000, warmup_target=1e-3, warmup_steps=1_000
+    )
+    model.compile(
+        keras.optimizers.Adam(schedule),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model, data
+
+
+def _everything():
+    """Mixed float16, bounded loss scaling over accumulation, recompute, XLA, a schedule."""
+    keras.config.set_dtype_policy("mixed_float16")
+    block = keras.Sequential(
+        [keras.layers.Dense(32, activation="relu"), keras.layers.Dense(32, activation="relu")]
+    )
+    model = keras.Sequential(
+        [keras.Input((8,)), tfkit.Recompute(block), keras.layers.Dense(3, dtype="float32")]
+    )
+    schedule = tfkit.schedules.CosineDecay(1e-3, decay_steps=10_000)
+    optimizer = tfkit.LossScaleOptimizer(
+        tfkit.GradientAccumulator(keras.optimizers.Adam(schedule), accumulation_steps=2)
+    )
+    model.compile(
+        optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True
+    )
+    return model, _classification()
+
+
 def _dataset():
     model, (x, y) = _mlp()
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).prefetch(tf.data.AUTOTUNE)
@@ -275,6 +306,8 @@ HEALTHY = {
     "regression_mse": _regression,
     "token_lm_ignore_class": _token_lm,
     "mixed_float16_keras_scaler": _keras_loss_scaling,
+    "warmup_schedule": _warmup_schedule,
+    "composition_of_everything": _everything,
 }
 if hasattr(keras.optimizers, "MultiOptimizer"):
     HEALTHY["parameter_groups"] = _parameter_groups

@@ -677,6 +677,8 @@ def check_update_ratio(ctx) -> list[Finding]:
     model = ctx.model
     x, y, sw = ctx.batch
     groups = _owned(model)
+    moved = _past_warmup(model)
+    rate = _current_rate(model)
     before = [[np.array(v.numpy(), dtype="float64") for v in vs] for _, vs in groups]
     for _update in range(10):  # loss scaling may skip the first updates (overflow)
         _train_steps(ctx, x, y, sw, ctx.micro)
@@ -694,8 +696,7 @@ def check_update_ratio(ctx) -> list[Finding]:
             names.append(path)
             ratios.append(d / w)
     data = {"layers": names, "ratios": ratios, "low": UPDATE_RATIO_LOW, "high": UPDATE_RATIO_HIGH}
-    rate = _current_rate(model)
-    at = f" (learning rate {rate:.3g})" if rate is not None else ""
+    at = (f" (learning rate {rate:.3g})" if rate is not None else "") + moved
     findings = []
     trained = [(n, r) for n, r in zip(names, ratios, strict=True) if r > 0]
     if trained:
@@ -755,6 +756,32 @@ def _current_rate(model) -> float | None:
         return None
 
 
+def _past_warmup(model) -> str:
+    """Move the schedule past a warm-up before checks that judge the learning rate.
+
+    With a ``LearningRateSchedule`` whose rate at the current step is under a
+    tenth of its peak (probed at steps ``t + 2**k``), the innermost optimizer's
+    ``iterations`` jumps to the peak step: a warm-up from ~0 would otherwise
+    read as "learning rate too low". The caller's snapshot restores it.
+    Returns a note for messages ("" when nothing moved).
+    """
+    try:
+        owner = innermost(model.optimizer)
+        schedule = owner._learning_rate
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            return ""
+        now = int(owner.iterations.numpy())
+        steps = [now] + [now + 2**k for k in range(25)]
+        rates = [float(schedule(step)) for step in steps]
+    except Exception:  # noqa: BLE001 - no schedule to read: judge the rate as it is
+        return ""
+    peak = max(range(len(steps)), key=rates.__getitem__)
+    if rates[0] >= rates[peak] / 10:
+        return ""
+    owner.iterations.assign(steps[peak])
+    return f" (schedule moved past its warm-up to step {steps[peak]}, rate {rates[peak]:.3g})"
+
+
 def check_overfit_batch(ctx) -> list[Finding]:
     model = ctx.model
     x, y, sw = ctx.batch
@@ -771,12 +798,13 @@ def check_overfit_batch(ctx) -> list[Finding]:
             )
         ]
     before = [np.array(v.numpy()) for v in model.trainable_variables]
+    moved = _past_warmup(model)
     losses = _overfit(ctx, x, y, sw)
     first, best = losses[0], min(losses) if losses else math.nan
     data = {"losses": losses, "target": OVERFIT_TARGET * first, "examples": len(idx)}
     ctx.results["overfit_batch"] = data
     rate = _current_rate(model)
-    at = f" at learning rate {rate:.3g}" if rate is not None else ""
+    at = (f" at learning rate {rate:.3g}" if rate is not None else "") + moved
     if all(
         np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables, strict=True)
     ):
@@ -1048,6 +1076,7 @@ def check_zero_input(ctx) -> list[Finding]:
     sw = None if sw is None else _slice(sw, idx)
     steps = max(len(ctx.results.get("overfit_batch", {}).get("losses", [])), 30)
     ctx.options = {**ctx.options, "overfit_steps": steps}
+    _past_warmup(model)
     state = TrainingState.capture(model)
     real = _train_for(ctx, x, y, sw, steps)
     state.restore()
