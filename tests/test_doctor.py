@@ -429,6 +429,26 @@ def test_overfit_batch_flags_too_low_learning_rate():
     assert "cannot overfit" in f.message and "learning rate" in f.message
 
 
+def test_overfit_batch_flags_too_high_learning_rate():
+    model = _sequential(
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(3),
+        optimizer=keras.optimizers.SGD(200.0),
+    )
+    report = _examine(model, _classification(), checks=["overfit_batch"], overfit_steps=30)
+    (f,) = [f for f in report.by_check("overfit_batch") if f.severity != "info"]
+    assert "too high" in f.message
+
+
+def test_gradient_flow_flags_exploding_gradients():
+    big = keras.initializers.RandomNormal(stddev=2.0)
+    deep = [keras.layers.Dense(16, kernel_initializer=big) for _ in range(8)]
+    model = _sequential(*deep, keras.layers.Dense(3), optimizer=keras.optimizers.SGD(0.1))
+    report = _examine(model, _classification(), checks=["gradient_flow"])
+    (f,) = _only(report, "gradient_flow", "warning")
+    assert "explode" in f.message
+
+
 def test_overfit_batch_flags_frozen_weights():
     hidden = keras.layers.Dense(32, activation="relu")
     head = keras.layers.Dense(3)
@@ -512,28 +532,40 @@ def test_update_ratio_flags_far_off_rates(rate, word):
     assert word in f.message
 
 
-def test_update_ratio_matches_independent_formula():
+def test_update_ratio_and_gradient_norm_match_independent_formula():
+    # One Dense layer, MSE, SGD: gradient and update in closed form.
     model = _sequential(
         keras.layers.Dense(4, name="only"), optimizer=keras.optimizers.SGD(0.05), loss="mse"
     )
     x, _ = _classification()
     y = x[:, :4] * 2.0
-    report = _examine(model, (x, y), checks=["update_ratio"], batch_size=16)
     kernel, bias = (w.numpy().astype("float64") for w in model.layers[0].weights)
-    xb, yb = x[:16].astype("float64"), y[:16].astype("float64")
+    report = _examine(model, (x, y), checks=["gradient_flow", "update_ratio"], batch_size=16)
     # examine samples array data with a seeded permutation; rebuild the same first batch.
     order = np.random.default_rng(0).permutation(len(x))[:16]
     xb, yb = x[order].astype("float64"), y[order].astype("float64")
     residual = xb @ kernel + bias - yb
     g_kernel = 2 * xb.T @ residual / residual.size
     g_bias = 2 * residual.sum(axis=0) / residual.size
-    expected = (
-        0.05
-        * np.sqrt((g_kernel**2).sum() + (g_bias**2).sum())
-        / np.sqrt((kernel**2).sum() + (bias**2).sum())
+    g_norm = np.sqrt((g_kernel**2).sum() + (g_bias**2).sum())
+    w_norm = np.sqrt((kernel**2).sum() + (bias**2).sum())
+    flow = report.by_check("gradient_flow")[0].data
+    assert flow["grad_norms"][0] == pytest.approx(g_norm, rel=1e-5)
+    assert flow["ratios"][0] == pytest.approx(g_norm / w_norm, rel=1e-5)
+    ratio = report.by_check("update_ratio")[0].data["ratios"][0]
+    assert ratio == pytest.approx(0.05 * g_norm / w_norm, rel=1e-5)
+
+
+def test_initial_loss_matches_log_classes_for_a_uniform_output():
+    # Zero kernel and bias: the prediction is uniform, the loss is exactly log(C).
+    model = _sequential(
+        keras.layers.Dense(5, kernel_initializer="zeros", name="head"),
     )
-    f = report.by_check("update_ratio")[0]
-    assert f.data["ratios"][0] == pytest.approx(expected, rel=1e-5)
+    x, y = _classification(classes=5)
+    report = _examine(model, (x, y), checks=["initial_loss"])
+    (f,) = report.by_check("initial_loss")
+    assert f.severity == "info"
+    assert f.data["loss"] == pytest.approx(np.log(5), rel=1e-6)
 
 
 def test_nonfinite_names_the_first_layer_producing_nan():
