@@ -406,6 +406,29 @@ def test_initial_loss_flags_out_of_range_labels():
     assert "[0, 2]" in f.message and f.layer == "logits"
 
 
+def test_initial_loss_accepts_zero_initialised_binary_logits():
+    # The fix the check recommends (a zero kernel) must not itself be flagged.
+    model = _sequential(
+        keras.layers.Dense(1, kernel_initializer="zeros"),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    x, y = _classification()
+    report = _examine(model, (x, (y == 0).astype("float32")), checks=["initial_loss"])
+    (f,) = report.by_check("initial_loss")
+    assert f.severity == "info" and f.data["loss"] == pytest.approx(np.log(2), rel=1e-6)
+
+
+def test_initial_loss_flags_sigmoid_with_from_logits():
+    model = _sequential(
+        keras.layers.Dense(1, activation="sigmoid", name="p"),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    x, y = _classification()
+    report = _examine(model, (x, (y == 0).astype("float32")), checks=["initial_loss"])
+    (f,) = _only(report, "initial_loss", "error")
+    assert f.layer == "p" and "from_logits=True" in f.message
+
+
 def test_batch_independence_names_the_mixing_layer():
     model = _sequential(
         keras.layers.Dense(16, activation="relu", name="dense_in"),
