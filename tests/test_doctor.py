@@ -734,6 +734,7 @@ def test_finding_validates_severity():
         ({"batch_size": 2.0}, TypeError, "batch_size"),
         ({"learning_rate": 1}, TypeError, "learning_rate"),
         ({"baseline": "yes"}, TypeError, "baseline"),
+        ({"seed": 1.5}, TypeError, "seed"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

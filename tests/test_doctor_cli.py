@@ -44,6 +44,7 @@ def _save_broken(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 4)).astype("float32")
     y = rng.integers(0, 3, size=64).astype("int32")
+    model.optimizer.build(model.trainable_variables)  # saved with its (empty) slots
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", x=x, y=y)
     return tmp_path / "m.keras", tmp_path / "d.npz"

@@ -156,7 +156,7 @@ def examine(
         time_budget: seconds each check may take, > 0 (default 30).
         overfit_steps: optimizer updates ``overfit_batch`` may take (default 300).
         overfit_batch_size: examples in the batch ``overfit_batch`` memorises (default 8).
-        seed: seed of the sampling of array ``data`` and of the probes.
+        seed: seed of the sampling of array ``data`` (and of ``lr_find``'s shuffling).
 
     Returns:
         A :class:`~tfkit.doctor.Report`.
@@ -173,6 +173,12 @@ def examine(
         >>> report = tfkit.doctor.examine(model, (x, y), checks=["initial_loss", "nonfinite"])
         >>> report.healthy
         True
+
+    Reference: A. Karpathy, "A Recipe for Training Neural Networks" (2019): loss
+    at init, overfit one batch, input-independent baseline, backprop to chart
+    dependencies; CS231n "Neural Networks Part 3": update/weight ratio ~1e-3,
+    dead ReLUs, first- vs last-layer gradients; the TensorFlow guide
+    "Better performance with the tf.data API".
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"examine: `model` must be a keras.Model, received {type(model).__name__}")
@@ -189,6 +195,8 @@ def examine(
     ):
         _check_positive(name, value, integer=True)
     _check_positive("time_budget", time_budget)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"examine: `seed` must be an int, received {seed!r}")
     if checks is None:
         checks = list(DEFAULT_CHECKS)
     elif isinstance(checks, str) or not all(isinstance(c, str) for c in checks):
