@@ -77,7 +77,7 @@ def _build(model, data):
     if isinstance(data, tf.data.Dataset):
         batch = next(iter(data))
     else:
-        batch = tuple(np.asarray(a)[:8] for a in data)
+        batch = tf.nest.map_structure(lambda a: np.asarray(a)[:8], tuple(data))
     with model.distribute_strategy.scope():
         model._symbolic_build(data_batch=batch)
 
@@ -286,6 +286,23 @@ def _everything():
     return model, _classification()
 
 
+def _two_inputs_two_outputs():
+    """Dict inputs, two heads, two losses (initial_loss only reports the value)."""
+    a = keras.Input((8,), name="a")
+    b = keras.Input((4,), name="b")
+    h = keras.layers.Dense(32, activation="relu")(keras.layers.Concatenate()([a, b]))
+    cls = keras.layers.Dense(3, name="cls")(h)
+    reg = keras.layers.Dense(1, name="reg")(h)
+    model = keras.Model({"a": a, "b": b}, {"cls": cls, "reg": reg})
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        {"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True), "reg": "mse"},
+    )
+    x, y = _classification()
+    inputs = {"a": x, "b": x[:, :4] * 0.5}
+    return model, (inputs, {"cls": y, "reg": x[:, :1] - x[:, 1:2]})
+
+
 def _dataset():
     model, (x, y) = _mlp()
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).prefetch(tf.data.AUTOTUNE)
@@ -307,6 +324,7 @@ HEALTHY = {
     "token_lm_ignore_class": _token_lm,
     "mixed_float16_keras_scaler": _keras_loss_scaling,
     "warmup_schedule": _warmup_schedule,
+    "dict_inputs_two_heads": _two_inputs_two_outputs,
     "composition_of_everything": _everything,
 }
 if hasattr(keras.optimizers, "MultiOptimizer"):
