@@ -108,3 +108,10 @@ def test_help_lists_the_command(capsys):
         main(["doctor", "--help"])
     assert exc.value.code == 0
     assert "initial_loss" in capsys.readouterr().out
+
+
+def test_check_ids_in_help_match_the_api():
+    from tfkit import doctor
+    from tfkit.doctor import cli
+
+    assert cli._CHECK_IDS == doctor.ALL_CHECKS
