@@ -803,3 +803,27 @@ def test_under_mirrored_strategy(mirrored_strategy):
         model, data = _mlp()
     report = _examine(model, data)
     assert _problems(report) == [], str(report)
+
+
+def test_interrupted_check_still_restores_the_model(monkeypatch):
+    def train_then_interrupt(ctx):
+        x, y, sw = ctx.batch
+        ctx.model.train_on_batch(x, y)
+        raise KeyboardInterrupt
+
+    def train_then_fail(ctx):
+        x, y, sw = ctx.batch
+        ctx.model.train_on_batch(x, y)
+        raise RuntimeError()  # no message
+
+    monkeypatch.setitem(_checks.CHECKS, "precision", train_then_fail)
+    monkeypatch.setitem(_checks.CHECKS, "dead_units", train_then_interrupt)
+    model, data = _mlp()
+    report = _examine(model, data, checks=["precision"])
+    (f,) = report.by_check("precision")
+    assert f.severity == "error" and f.message == "the check could not run: RuntimeError: "
+    _build(model, data)
+    before = _snapshot(model)
+    with pytest.raises(KeyboardInterrupt):
+        doctor.examine(model, data, checks=["dead_units"])
+    _assert_restored(before, model)

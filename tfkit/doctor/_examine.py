@@ -228,23 +228,26 @@ def examine(
     train_function = model.train_function
     findings: list[Finding] = []
     seconds: dict[str, float] = {}
-    for check in checks:
-        start = time.perf_counter()
-        ctx.deadline = start + options["time_budget"]
-        try:
-            findings += _checks.CHECKS[check](ctx)
-        except Exception as err:  # noqa: BLE001 - a crash is itself a finding about the set-up
-            findings.append(
-                Finding(
-                    check,
-                    "error",
-                    f"the check could not run: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
-                    data={"exception": type(err).__name__},
+    try:
+        for check in checks:
+            start = time.perf_counter()
+            ctx.deadline = start + options["time_budget"]
+            try:
+                findings += _checks.CHECKS[check](ctx)
+            except Exception as err:  # noqa: BLE001 - a crash is itself a finding about the set-up
+                first_line = (str(err).splitlines() or [""])[0][:300]
+                findings.append(
+                    Finding(
+                        check,
+                        "error",
+                        f"the check could not run: {type(err).__name__}: {first_line}",
+                        data={"exception": type(err).__name__},
+                    )
                 )
-            )
-        finally:
-            state.restore()
-            seconds[check] = time.perf_counter() - start
-    # The checks share one traced train step; the model gets its own back.
-    model.train_function = train_function
+            finally:
+                state.restore()
+                seconds[check] = time.perf_counter() - start
+    finally:
+        # The checks share one traced train step; the model gets its own back.
+        model.train_function = train_function
     return Report(findings=findings, seconds=seconds)
