@@ -459,6 +459,31 @@ def test_batch_independence_names_the_mixing_layer():
     assert f.data["relative_change"][0] == 0.0  # the layer before it does not mix
 
 
+@keras.saving.register_keras_serializable(package="tfkit_test")
+class TrainingOnlyMixing(keras.layers.Layer):
+    """Mixes examples only when training (a hand-rolled batch norm without the moving stats)."""
+
+    def call(self, x, training=None):
+        if training:
+            return x - ops.mean(x, axis=0, keepdims=True)
+        return x
+
+
+def test_batch_independence_also_checks_training_mode():
+    model = _sequential(
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Dropout(0.5),
+        TrainingOnlyMixing(name="train_mix"),
+        keras.layers.Dense(3),
+    )
+    report = _examine(model, _classification(), checks=["batch_independence"])
+    (f,) = _only(report, "batch_independence", "error")
+    assert f.layer == "train_mix" and "training mode" in f.message
+    # BatchNormalization and Dropout before it are not blamed.
+    assert f.data["relative_change_training"][:3] == [0.0, 0.0, 0.0]
+
+
 def test_overfit_batch_flags_too_low_learning_rate():
     model = _sequential(
         keras.layers.Dense(32, activation="relu"),

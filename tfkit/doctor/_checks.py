@@ -442,6 +442,38 @@ def _probe_outputs(model):
     return probe, names
 
 
+def _changes(run, first, second) -> list[float]:
+    """Per output: relative change of example 0's output between the two batches."""
+    outs = run(first), run(second)
+    changes = []
+    for a, b in zip(*outs, strict=True):
+        worst = 0.0
+        for ta, tb in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True):
+            ta = np.asarray(ta, dtype="float64")[:1]
+            tb = np.asarray(tb, dtype="float64")[:1]
+            scale = float(np.max(np.abs(ta))) if ta.size else 0.0
+            diff = float(np.max(np.abs(ta - tb))) if ta.size else 0.0
+            worst = max(worst, diff / scale if scale > 0 else diff)
+        changes.append(worst)
+    return changes
+
+
+def _batchnorm_in_inference(model) -> list:
+    """Make every BatchNormalization use its moving statistics; returns what to undo."""
+    patched = []
+    for _, layer in _walk(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            original = layer.call
+
+            def call(inputs, training=None, mask=None, _original=original):
+                return _original(inputs, training=False, mask=mask)
+
+            # An instance attribute shadows the class's call for this probe only.
+            object.__setattr__(layer, "call", call)
+            patched.append(layer)
+    return patched
+
+
 def check_batch_independence(ctx) -> list[Finding]:
     model = ctx.model
     x = ctx.batch[0]
@@ -456,21 +488,29 @@ def check_batch_independence(ctx) -> list[Finding]:
     second = _slice(x, np.concatenate([[0], np.arange(k, 2 * k - 1)]))
     probe, names = _probe_outputs(model)
     if probe is None:
-        outs = [model(first, training=False)], [model(second, training=False)]
-        names = [model.name]
-    else:
-        outs = probe(first, training=False), probe(second, training=False)
-    changes = []
-    for a, b in zip(*outs, strict=True):
-        worst = 0.0
-        for ta, tb in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True):
-            ta = np.asarray(ta, dtype="float64")[:1]
-            tb = np.asarray(tb, dtype="float64")[:1]
-            scale = float(np.max(np.abs(ta))) if ta.size else 0.0
-            diff = float(np.max(np.abs(ta - tb))) if ta.size else 0.0
-            worst = max(worst, diff / scale if scale > 0 else diff)
-        changes.append(worst)
-    data = {"layers": names, "relative_change": changes, "examples": k}
+        probe, names = (lambda v, training: [model(v, training=training)]), [model.name]
+    data = {"layers": names, "examples": k}
+    # Inference mode first; then training mode with BatchNormalization (the legitimate
+    # mixer) on its moving statistics, and the random state (dropout masks) replayed
+    # identically for both batches.
+    data["relative_change"] = _changes(lambda v: probe(v, training=False), first, second)
+    mode = "inference"
+    if max(data["relative_change"]) <= MIXING_TOLERANCE:
+        state = TrainingState.capture(model)
+
+        def replay(v):
+            state.restore()
+            return probe(v, training=True)
+
+        patched = _batchnorm_in_inference(model)
+        try:
+            data["relative_change_training"] = _changes(replay, first, second)
+        finally:
+            for layer in patched:
+                object.__delattr__(layer, "call")
+            state.restore()
+        mode = "training"
+    changes = data["relative_change"] if mode == "inference" else data["relative_change_training"]
     for name, change in zip(names, changes, strict=True):
         if change > MIXING_TOLERANCE:
             return [
@@ -478,9 +518,10 @@ def check_batch_independence(ctx) -> list[Finding]:
                     "batch_independence",
                     "error",
                     f"layer {name!r} mixes examples: the output of example 0 changes by "
-                    f"{change:.2g} (relative) when only the other examples of the batch change, in "
-                    "inference mode. An op reduces or reshapes across the batch axis (a mean over "
-                    "axis 0, a reshape/transpose that moves the batch axis); keep it per example.",
+                    f"{change:.2g} (relative) when only the other examples of the batch change, "
+                    f"in {mode} mode. An op reduces or reshapes across the batch axis (a mean "
+                    "over axis 0, a reshape/transpose that moves the batch axis); keep it per "
+                    "example.",
                     layer=name,
                     data=data,
                 )
@@ -489,8 +530,8 @@ def check_batch_independence(ctx) -> list[Finding]:
         Finding(
             "batch_independence",
             "info",
-            "each example's output depends on that example only (inference mode, where "
-            "BatchNormalization uses its moving statistics).",
+            "each example's output depends on that example only, in inference and in training "
+            "mode (BatchNormalization, which legitimately mixes, on its moving statistics).",
             data=data,
         )
     ]
