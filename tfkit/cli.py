@@ -15,7 +15,7 @@ import sys
 from tfkit._version import __version__
 
 # Modules providing subcommands, in the order `tfkit --help` lists them.
-_COMMAND_MODULES = ("tfkit.cli_info", "tfkit.plot", "tfkit.tuning.cli")
+_COMMAND_MODULES = ("tfkit.cli_info", "tfkit.plot", "tfkit.tuning.cli", "tfkit.doctor.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
