@@ -489,7 +489,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         def add():
             for g, v in pairs:
                 accumulator = self._accumulators[self._get_variable_index(v)]
-                if isinstance(g, tf.IndexedSlices):
+                if isinstance(g, tf.IndexedSlices) and not tf.distribute.has_strategy():
                     values = tf.cast(g.values, tf.float32)
                     if weight is not None:
                         values = values * weight
@@ -497,7 +497,8 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                         tf.IndexedSlices(values, g.indices, g.dense_shape)
                     )
                 else:
-                    g = tf.cast(g, tf.float32)
+                    # Sync-on-read variables (one per replica) have no scatter_add.
+                    g = tf.cast(tf.convert_to_tensor(g), tf.float32)
                     accumulator.assign_add(g if weight is None else g * weight)
             self._window_weight.assign_add(1.0 if weight is None else weight)
 
