@@ -169,3 +169,21 @@ def test_docstring_example_runs():
 
     result = doctest.testmod(module)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_mirrored_each_replica_keeps_the_statistics_of_its_shards(mirrored_strategy):
+    """As Keras' (non-synchronized) layer: reads give the first replica's window statistics."""
+    x, y = _data()
+    with mirrored_strategy.scope():
+        model = _model(BatchNormalization(momentum=MOMENTUM, accumulation_steps=K))
+        optimizer = GradientAccumulator(keras.optimizers.Adam(0.01), K)
+    step = TrainStep(model, "mse", optimizer, strategy=mirrored_strategy)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(B)  # B / 2 rows per replica
+    for xb, yb in mirrored_strategy.experimental_distribute_dataset(dataset):
+        step(xb, yb)
+    assert optimizer.iterations.numpy() == WINDOWS
+    first_replica = np.concatenate([np.arange(i * B, i * B + B // 2) for i in range(K * WINDOWS)])
+    mean, var = _numpy_moving_stats(np.repeat(x[first_replica], 2, axis=0))
+    bn = model.layers[0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=RTOL, atol=ATOL)
