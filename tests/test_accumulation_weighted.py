@@ -391,3 +391,41 @@ def test_no_collective_on_a_micro_step_that_does_not_close_a_window(mirrored_str
     closing = _collectives_on_path(graph_def, take_close_branch=True)
     assert 1 <= closing <= mirrored_strategy.num_replicas_in_sync
     assert acc.iterations.numpy() == 1
+
+
+def test_mirrored_fit_install_ragged_and_masked(mirrored_strategy):
+    """model.fit + install under MirroredStrategy: 8 + 8 + 4 samples and padded tokens."""
+    x, y = _dense_data()
+    with mirrored_strategy.scope():
+        model = _dense_model()
+        model.compile(GradientAccumulator(INNERS["adam"](), 3), "mse")
+    install(model)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert model.optimizer.iterations.numpy() == 1
+    _close(model.get_weights(), _reference(_dense_model, INNERS["adam"], [(x, y)], _mse_mean))
+
+    ids, labels = _token_data(LENGTHS)
+    with mirrored_strategy.scope():
+        tokens = _token_model()
+        tokens.compile(
+            GradientAccumulator(INNERS["sgd"](), 2),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    install(tokens)
+    tokens.fit(ids, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    ref = _reference(_token_model, INNERS["sgd"], [(ids, labels)], _token_mean)
+    _close(tokens.get_weights(), ref)
+
+
+def test_mirrored_loss_scale_optimizer_passes_the_weight(mirrored_strategy):
+    x, y = _dense_data()
+    with mirrored_strategy.scope():
+        model = _dense_model()
+        lso = tfkit.precision.LossScaleOptimizer(
+            GradientAccumulator(INNERS["adamw"](), 3), initial_scale=64.0
+        )
+    step = TrainStep(model, "mse", lso, strategy=mirrored_strategy)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)  # 8 + 8 + 4
+    for xb, yb in mirrored_strategy.experimental_distribute_dataset(dataset):
+        step(xb, yb)
+    _close(model.get_weights(), _reference(_dense_model, INNERS["adamw"], [(x, y)], _mse_mean))
