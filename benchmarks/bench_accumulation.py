@@ -1,8 +1,9 @@
 """GradientAccumulator: throughput and peak memory, as ratios measured side by side.
 
 Throughput (one process, interleaved medians of ``model.fit`` epochs, same
-samples in every case): ``GradientAccumulator(k=4)`` at micro-batch ``b`` vs
-plain ``fit`` at batch ``b`` (goal >= 0.95) and vs Keras' built-in
+samples in every case): ``GradientAccumulator(k=4)`` at micro-batch ``b``, in
+plain ``fit`` and with ``tfkit.training.install`` (weighted windows), vs plain
+``fit`` at batch ``b`` (goal >= 0.97) and vs Keras' built-in
 ``gradient_accumulation_steps=4`` at ``b`` (goal >= 1.0). A plain-vs-plain
 control row shows the noise.
 
@@ -46,7 +47,7 @@ def _optimizer(kind):
 
     if kind == "plain":
         return keras.optimizers.Adam(1e-3)
-    if kind == "tfkit":
+    if kind in ("tfkit", "tfkit_install"):
         return GradientAccumulator(keras.optimizers.Adam(1e-3), K)
     if kind == "keras":
         return keras.optimizers.Adam(1e-3, gradient_accumulation_steps=K)
@@ -61,6 +62,8 @@ def throughput(jit_compile: bool, batch: int = 32, samples: int = 2048, repeats:
     import numpy as np
     from harness import interleaved_medians, ratio_table
 
+    from tfkit.training import install
+
     rng = np.random.default_rng(0)
     x = rng.normal(size=(samples, 128)).astype("float32")
     y = rng.integers(0, 10, size=(samples,))
@@ -69,6 +72,7 @@ def throughput(jit_compile: bool, batch: int = 32, samples: int = 2048, repeats:
         ("plain fit, batch b", "plain"),
         ("plain fit, batch b (control)", "plain"),
         ("GradientAccumulator k=4, batch b", "tfkit"),
+        ("GradientAccumulator k=4 + training.install, batch b", "tfkit_install"),
         ("Keras gradient_accumulation_steps=4, batch b", "keras"),
     ]:
         keras.utils.set_random_seed(0)
@@ -78,6 +82,8 @@ def throughput(jit_compile: bool, batch: int = 32, samples: int = 2048, repeats:
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile,
         )
+        if kind == "tfkit_install":
+            install(model)
         cases[name] = lambda m=model: m.fit(
             x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0
         )
@@ -105,6 +111,9 @@ y = rng.integers(0, 10, size=(2 * {big},))
 model = _mlp(128, 32, 32)
 model.compile(optimizer=_optimizer(kind), jit_compile=False,
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+if kind == "tfkit_install":
+    from tfkit.training import install
+    install(model)
 model.fit(x[:batch * 4], y[:batch * 4], batch_size=batch, epochs=1, verbose=0)  # build + trace
 tf.config.experimental.reset_memory_stats("CPU:0")
 model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
@@ -130,6 +139,9 @@ def peak_memory(micro: int = 2048) -> str:
     rows = {
         f"plain fit, batch 4b = {big}": _peak_bytes("plain", big, big),
         f"GradientAccumulator k=4, batch b = {micro}": _peak_bytes("tfkit", micro, big),
+        f"GradientAccumulator k=4 + training.install, batch b = {micro}": _peak_bytes(
+            "tfkit_install", micro, big
+        ),
         f"Keras gradient_accumulation_steps=4, batch b = {micro}": _peak_bytes("keras", micro, big),
         f"plain fit, batch b = {micro} (floor: no accumulator)": _peak_bytes("plain", micro, big),
     }

@@ -1,8 +1,10 @@
 """One worker of the MultiWorkerMirroredStrategy test (run by test_accumulation_distributed.py).
 
-Usage: ``TF_CONFIG=... python mw_worker_accumulation.py OUT.npz``. Trains the
-test's tiny model in a custom loop with ``GradientAccumulator(k=4)`` on the
+Usage: ``TF_CONFIG=... python mw_worker_accumulation.py OUT.npz [ragged]``. Trains
+the test's tiny model in a custom loop with ``GradientAccumulator(k=4)`` on the
 shared data, then writes the final weights and optimizer counters to OUT.npz.
+With ``ragged`` the data ends with a half batch and each replica passes its
+local number of samples as the micro-batch weight (Keras' loss convention).
 """
 
 from __future__ import annotations
@@ -41,9 +43,14 @@ def inner():
     return keras.optimizers.Adam(0.01, global_clipnorm=0.05)
 
 
-def main(out: str) -> None:
+RAGGED_SAMPLES = 76  # 9 full global batches and one of 4
+
+
+def main(out: str, ragged: bool = False) -> None:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     x, y = data()
+    if ragged:
+        x, y = x[:RAGGED_SAMPLES], y[:RAGGED_SAMPLES]
     with strategy.scope():
         model = build_model()
         optimizer = GradientAccumulator(inner(), K)
@@ -61,9 +68,17 @@ def main(out: str) -> None:
         def replica_fn(xb, yb):
             with tf.GradientTape() as tape:
                 per_example = tf.reduce_mean(tf.square(model(xb, training=True) - yb), axis=-1)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=GLOBAL_BATCH)
+                if ragged:
+                    replicas = strategy.num_replicas_in_sync
+                    loss = tf.reduce_mean(per_example) / replicas
+                else:
+                    loss = tf.nn.compute_average_loss(per_example, global_batch_size=GLOBAL_BATCH)
             grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
+            if ragged:
+                weight = tf.cast(tf.shape(xb)[0], tf.float32)
+                optimizer.apply(grads, model.trainable_variables, weight=weight)
+            else:
+                optimizer.apply(grads, model.trainable_variables)
 
         strategy.run(replica_fn, args=batch)
 
@@ -82,4 +97,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], ragged=sys.argv[2:] == ["ragged"])

@@ -366,12 +366,13 @@ def test_accumulators_are_float32_for_float16_variables():
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_non_finite_micro_batch_is_dropped(bad):
+    """The window still closes after k calls; it divides by the weight of the finite ones."""
     x, y = _data(K * B)
     model, ref_model = _model(), _model()
     acc = GradientAccumulator(keras.optimizers.Adam(0.01), K)
     acc.build(model.trainable_variables)
     state = model.trainable_variables + acc.inner_optimizer.variables
-    feed = [(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B]) for i in range(K)]
+    feed = [(x[i * B : (i + 1) * B], y[i * B : (i + 1) * B]) for i in range(K - 1)]
     x_bad = feed[1][0].copy()
     x_bad[0, 0] = bad
     feed.insert(2, (x_bad, feed[1][1]))  # a poisoned micro-batch in the middle
@@ -380,14 +381,27 @@ def test_non_finite_micro_batch_is_dropped(bad):
         acc.apply(_grads(model, xb, yb), model.trainable_variables)
         if i == 2:
             assert not all(np.all(np.isfinite(g)) for g in _grads(model, xb, yb))
-            # Not added, not counted: accumulators and weights unchanged.
+            # Not added, not weighed: accumulators and weights unchanged.
             for a, b in zip(_values(state + acc._accumulators), before, strict=True):
                 np.testing.assert_array_equal(a, b)
-            assert int(acc.micro_step) == 2 and int(acc.dropped_micro_batches) == 1
+            assert int(acc.micro_step) == 3 and int(acc.dropped_micro_batches) == 1
+            np.testing.assert_equal(float(acc._window_weight.numpy()), 2.0)
     assert int(acc.iterations) == 1 and int(acc.dropped_micro_batches) == 1
+    assert int(acc.micro_step) == 0
+    # Reference: the 3 finite micro-batches as one batch.
     ref = keras.optimizers.Adam(0.01)
-    ref.apply(_grads(ref_model, x, y), ref_model.trainable_variables)
+    ref.apply(_grads(ref_model, x[: 3 * B], y[: 3 * B]), ref_model.trainable_variables)
     _assert_all_close(_values(model.trainable_variables), _values(ref_model.trainable_variables))
+
+
+def test_window_of_only_non_finite_micro_batches_makes_no_update():
+    w = keras.Variable(np.ones(2, "float32"))
+    acc = GradientAccumulator(keras.optimizers.SGD(0.1, momentum=0.9), 2)
+    acc.apply([tf.constant([np.nan, 1.0])], [w])
+    acc.apply([tf.constant([1.0, 1.0])], [w], weight=tf.constant(np.inf))
+    assert int(acc.iterations) == 0 and int(acc.micro_step) == 0
+    assert int(acc.dropped_micro_batches) == 2 and not bool(acc.last_step_updated)
+    np.testing.assert_array_equal(w.numpy(), [1.0, 1.0])
 
 
 def test_non_finite_micro_batch_in_fit_keeps_weights_finite():
@@ -399,8 +413,8 @@ def test_non_finite_micro_batch_in_fit_keeps_weights_finite():
     model.fit(x, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     assert int(acc.dropped_micro_batches) == 1
-    # 15 finite micro-batches: 3 updates, 3 in the open window.
-    assert int(acc.iterations) == 3 and int(acc.micro_step) == 3
+    # 16 micro-batches, one dropped: 4 windows, 4 updates, nothing left open.
+    assert int(acc.iterations) == 4 and int(acc.micro_step) == 0
 
 
 # ---------------------------------------------------- window across epochs
@@ -645,9 +659,9 @@ def test_mirrored_fit_equals_single_device(mirrored_strategy, name):
 
 
 def test_mirrored_custom_loop_non_finite_on_one_replica_and_flush(mirrored_strategy):
-    """A poisoned shard on one replica drops the micro-batch on every replica."""
+    """A poisoned shard on one replica drops that replica's share only; no flag is all-reduced."""
     x, y = _data(48)
-    x[20, 0] = np.nan  # global batch 2 (of 8 samples), replica 1's half
+    x[20, 0] = np.nan  # global batch 2 (of 8 samples), replica 1's half (samples 20..23)
     with mirrored_strategy.scope():
         model = _model()
         acc = GradientAccumulator(keras.optimizers.SGD(0.1, momentum=0.9), K)
@@ -666,19 +680,18 @@ def test_mirrored_custom_loop_non_finite_on_one_replica_and_flush(mirrored_strat
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     for batch in mirrored_strategy.experimental_distribute_dataset(dataset):
         step(batch)
-    # 6 global batches, one dropped: one update + 1 micro-batch in the window.
+    # 6 global batches: one window of 4 (7 of its 8 shards finite), 2 left open.
     assert acc.dropped_micro_batches.numpy() == 1
-    assert acc.iterations.numpy() == 1 and acc.micro_step.numpy() == 1
+    assert acc.iterations.numpy() == 1 and acc.micro_step.numpy() == 2
     assert bool(acc.flush()) and acc.iterations.numpy() == 2
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
 
-    # Single-device reference: the same finite batches, same accumulation.
+    # Single-device reference: the mean over the finite samples of each window.
     ref_model = _model()
-    ref = GradientAccumulator(keras.optimizers.SGD(0.1, momentum=0.9), K)
-    for i in [0, 1, 3, 4, 5]:
-        ref.apply(_grads(ref_model, x[i * 8 : (i + 1) * 8], y[i * 8 : (i + 1) * 8]),
-                  ref_model.trainable_variables)  # fmt: skip
-    ref.flush()
+    ref = keras.optimizers.SGD(0.1, momentum=0.9)
+    first = np.r_[0:20, 24:32]
+    ref.apply(_grads(ref_model, x[first], y[first]), ref_model.trainable_variables)
+    ref.apply(_grads(ref_model, x[32:48], y[32:48]), ref_model.trainable_variables)
     _assert_all_close(model.get_weights(), ref_model.get_weights())
 
 

@@ -54,5 +54,44 @@ def test_multi_worker_mirrored_equals_single_device(tmp_path, root):
             np.testing.assert_allclose(w, e, rtol=1e-5, atol=1e-6)
 
 
+def _ragged_reference():
+    """Single device, one big batch per window: the inner optimizer on the window's mean."""
+    import mw_worker_accumulation as worker
+    import tensorflow as tf
+
+    x, y = worker.data()
+    x, y = x[: worker.RAGGED_SAMPLES], y[: worker.RAGGED_SAMPLES]
+    model = worker.build_model()
+    inner = worker.inner()
+    window = worker.K * worker.GLOBAL_BATCH
+    for lo in range(0, len(x), window):  # 32, 32, then the flushed 12
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x[lo : lo + window]) - y[lo : lo + window]))
+        inner.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    return model.get_weights()
+
+
+@pytest.mark.slow
+def test_multi_worker_ragged_weighted_windows_equal_big_batches(tmp_path, root):
+    """Per-replica weights: the ragged last window (8 + 4 samples) is one exact mean."""
+    run_workers(
+        str(HERE / "mw_worker_accumulation.py"),
+        lambda index: [str(tmp_path / f"w{index}.npz"), "ragged"],
+        root=root,
+        timeout=TIMEOUT_S,
+    )
+    sys.path.insert(0, str(HERE))
+    try:
+        expected = _ragged_reference()
+    finally:
+        sys.path.remove(str(HERE))
+    for index in range(2):
+        result = np.load(tmp_path / f"w{index}.npz")
+        assert result["counters"].tolist() == [2, 2, 3, 0]
+        weights = [result[f"arr_{i}"] for i in range(len(expected))]
+        for w, e in zip(weights, expected, strict=True):
+            np.testing.assert_allclose(w, e, rtol=1e-5, atol=1e-6)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

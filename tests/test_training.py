@@ -83,3 +83,43 @@ def test_bad_arguments():
         TrainStep(model, "mse", keras.optimizers.SGD(), jit_compile="yes")
     with pytest.raises(ValueError):
         TrainStep(model, "no_such_loss", keras.optimizers.SGD())
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tfkit.training
+
+    result = doctest.testmod(tfkit.training)
+    assert result.attempted >= 8 and result.failed == 0
+
+
+def test_install_refuses_what_it_cannot_make_exact():
+    from tfkit.training import install
+
+    with pytest.raises(TypeError, match="`model`"):
+        install("not a model")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, [keras.layers.Dense(1)(inputs), keras.layers.Dense(1)(inputs)])
+    model.compile(keras.optimizers.SGD(0.1), ["mse", "mse"])
+    install(model)
+    x, y = _data(8)
+    with pytest.raises(ValueError, match="one loss"):
+        model.fit(x, [y, y], epochs=1, verbose=0)
+
+
+def test_install_without_accumulator_matches_plain_fit():
+    x, y = _data()
+    ref = _model(l2=1e-2)
+    ref.compile(keras.optimizers.Adam(1e-2), "mse", metrics=["mae"])
+    ref_history = ref.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    model = _model(l2=1e-2)
+    model.compile(keras.optimizers.Adam(1e-2), "mse", metrics=["mae"])
+    from tfkit.training import install
+
+    history = install(model).fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(ref.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "mae"):
+        np.testing.assert_allclose(history.history[key], ref_history.history[key], rtol=1e-5)

@@ -27,14 +27,28 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import types
+import warnings
+
 import keras
 import tensorflow as tf
-from keras.src.losses.loss import scale_loss_for_distribution
+from keras import ops
+from keras.src.backend import get_keras_mask
+from keras.src.losses.loss import (
+    apply_mask,
+    reduce_weighted_values,
+    scale_loss_for_distribution,
+    unscale_loss_for_distribution,
+)
 from keras.src.losses.losses import LossFunctionWrapper
+from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
 
+from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
+from tfkit.optimizers.tree import optimizer_chain
 
-__all__ = ["TrainStep"]
+__all__ = ["TrainStep", "install"]
 
 
 def _as_loss(loss) -> keras.losses.Loss:
@@ -52,6 +66,93 @@ def _as_loss(loss) -> keras.losses.Loss:
     return LossFunctionWrapper(fn, name=getattr(fn, "__name__", "loss"))
 
 
+def _size(x) -> tf.Tensor:
+    return ops.cast(ops.prod(ops.convert_to_tensor(ops.shape(x), dtype="int32")), "float32")
+
+
+@tf.autograph.experimental.do_not_convert
+def _loss_and_weight(loss: keras.losses.Loss, y_true, y_pred, sample_weight):
+    """Keras' reduction of ``loss``, and the number it divided by (``None``: not a mean).
+
+    The loss is computed exactly as ``keras.losses.Loss.__call__`` does; the
+    weight is its divisor: the number of loss elements for
+    ``sum_over_batch_size``/``mean``, the number of unmasked elements when the
+    prediction carries a Keras mask, the sum of the (masked) sample weights for
+    ``mean_with_sample_weight``. A loss that overrides ``__call__`` is opaque:
+    its weight is the number of samples (the leading dimension).
+    """
+    if type(loss).__call__ is not keras.losses.Loss.__call__:
+        value = loss(y_true, y_pred, sample_weight=sample_weight)
+        first = tf.nest.flatten(y_pred)[0]
+        return value, ops.cast(ops.shape(first)[0], "float32")
+    in_mask = get_keras_mask(y_pred)
+    with keras.name_scope(loss.name):
+        y_pred = tf.nest.map_structure(lambda t: ops.convert_to_tensor(t, loss.dtype), y_pred)
+        y_true = tf.nest.map_structure(lambda t: ops.convert_to_tensor(t, loss.dtype), y_true)
+        values = loss.call(y_true, y_pred)
+        out_mask = get_keras_mask(values)
+        if in_mask is not None and out_mask is not None:
+            mask = in_mask & out_mask
+        else:
+            mask = in_mask if in_mask is not None else out_mask
+        value = reduce_weighted_values(
+            values, sample_weight=sample_weight, mask=mask, reduction=loss.reduction,
+            dtype=loss.dtype,
+        )  # fmt: skip
+        reduction = loss.reduction
+        if reduction in (None, "none", "sum") or len(values.shape) == 0:
+            return value, None
+        if reduction == "mean_with_sample_weight":
+            effective = apply_mask(
+                None if sample_weight is None else ops.convert_to_tensor(sample_weight, loss.dtype),
+                None if mask is None else ops.convert_to_tensor(mask, loss.dtype),
+                dtype=values.dtype,
+                reduction=reduction,
+            )
+            if effective is not None:
+                return value, ops.cast(ops.sum(effective), "float32")
+            return value, _size(values)
+        if mask is not None:
+            # Keras rescales the mask by size(mask) / valid and divides by
+            # size(values): the loss is a mean over the unmasked elements.
+            valid = ops.sum(ops.cast(mask, "float32"))
+            return value, valid * _size(values) / _size(mask)
+        return value, _size(values)
+
+
+def _weight_passes(optimizer) -> bool:
+    """Whether ``optimizer.apply(..., weight=)`` reaches a GradientAccumulator."""
+    for opt in optimizer_chain(optimizer):
+        if isinstance(opt, GradientAccumulator):
+            return True
+        if "weight" not in inspect.signature(opt.apply).parameters:
+            if any(isinstance(o, GradientAccumulator) for o in optimizer_chain(opt)):
+                warnings.warn(
+                    f"{type(opt).__name__} ({opt.name!r}) wraps a GradientAccumulator but "
+                    "cannot pass micro-batch weights to it: every micro-batch counts 1, "
+                    "which is exact only for equal, unmasked micro-batches. Use "
+                    "tfkit.precision.LossScaleOptimizer(GradientAccumulator(...)) "
+                    "(model.compile under 'mixed_float16' builds Keras' own).",
+                    stacklevel=3,
+                )
+            return False
+    return False
+
+
+def _apply(optimizer, grads, variables, weight) -> None:
+    if weight is not None and _weight_passes(optimizer):
+        optimizer.apply(grads, variables, weight=weight)
+    else:
+        optimizer.apply(grads, variables)
+
+
+def _add_regularization(model, loss):
+    if model.losses:
+        reg = tf.add_n([tf.cast(v, loss.dtype) for v in model.losses])
+        loss = loss + scale_loss_for_distribution(reg)
+    return loss
+
+
 class TrainStep:
     """One optimizer step (or one micro-step under accumulation) of a custom loop.
 
@@ -64,6 +165,21 @@ class TrainStep:
 
     and returns ``{"loss": global mean loss}`` (the unscaled value, reduced
     across replicas).
+
+    **Weighted micro-batches.** When the optimizer chain holds a
+    :class:`~tfkit.optimizers.GradientAccumulator`, the step passes it the
+    weight of each micro-batch: the number the loss was divided by. That is
+    the number of loss elements (samples) for a ``sum_over_batch_size`` loss,
+    the number of unmasked elements when the prediction carries a Keras mask
+    (padded tokens never count), and the sum of the sample weights for a
+    ``mean_with_sample_weight`` loss. The window's update is then the gradient
+    of the mean over the whole window -- ragged last batches and padded
+    sequences included -- as for one big batch. Under a strategy each replica
+    passes its local weight and the accumulator divides by their sum over
+    replicas and micro-batches. Not a mean (``reduction="sum"``/``None``), or
+    a loss that overrides ``__call__``: the weight is 1, respectively the
+    number of samples. Keras' own ``LossScaleOptimizer`` cannot pass weights
+    (a warning says so): use ``tfkit.precision.LossScaleOptimizer``.
 
     Args:
         model: a built or buildable Keras model.
@@ -116,14 +232,12 @@ class TrainStep:
         model, optimizer = self.model, self.optimizer
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = self.loss(y, y_pred, sample_weight=sample_weight)
-            if model.losses:
-                reg = tf.add_n([tf.cast(v, loss.dtype) for v in model.losses])
-                loss = loss + scale_loss_for_distribution(reg)
+            loss, weight = _loss_and_weight(self.loss, y, y_pred, sample_weight)
+            loss = _add_regularization(model, loss)
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
-        optimizer.apply(grads, variables)
+        _apply(optimizer, grads, variables, weight)
         return loss
 
     def _distributed_step(self, x, y, sample_weight=None):
@@ -144,3 +258,69 @@ class TrainStep:
         if not (self.model.built and self.optimizer.built):
             self._build(x)
         return {"loss": self._function(x, y, sample_weight)}
+
+
+def _compiled_loss(model: keras.Model) -> keras.losses.Loss:
+    loss = getattr(model, "loss", None)
+    if loss is None or isinstance(loss, list | tuple | dict):
+        raise ValueError(
+            "tfkit.training.install() needs a model compiled with one loss "
+            f"(a keras.losses.Loss, a name or a function); received loss={loss!r}. "
+            "Multi-output losses are not supported: use a custom loop with TrainStep."
+        )
+    if getattr(model, "loss_weights", None) is not None:
+        raise ValueError(
+            "tfkit.training.install() does not support `loss_weights`; received "
+            f"loss_weights={model.loss_weights!r}."
+        )
+    return _as_loss(loss)
+
+
+def _weighted_train_step(model: keras.Model, data):
+    """``Model.train_step`` with TrainStep's loss, weight and apply (one replica)."""
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
+        loss, weight = _loss_and_weight(_compiled_loss(model), y, y_pred, sample_weight)
+        loss = _add_regularization(model, loss)
+        batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
+        scaled = model.optimizer.scale_loss(loss)
+    variables = model.trainable_variables
+    _apply(model.optimizer, tape.gradient(scaled, variables), variables, weight)
+    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def install(model: keras.Model) -> keras.Model:
+    """Make ``model.fit`` train with :class:`TrainStep`'s weighted micro-batches.
+
+    Replaces ``model.train_step`` on this instance (not on its class) with a
+    step that computes the compiled loss as Keras does and passes each
+    micro-batch's weight to a :class:`~tfkit.optimizers.GradientAccumulator`
+    in ``model.optimizer``: with it, ragged last batches, masked (padded)
+    sequences and ``mean_with_sample_weight`` losses accumulate to exactly the
+    update of one big batch (see :class:`TrainStep` for the weights). Metrics,
+    callbacks, ``jit_compile`` and ``steps_per_execution`` work as in plain
+    ``fit``. Without a ``GradientAccumulator`` the step is Keras' own.
+
+    Call it once, before or after ``compile`` (the compiled loss and
+    optimizer are read when ``fit`` traces its step). Supports one loss without
+    ``loss_weights``; ``fit`` raises ``ValueError`` otherwise. The change is
+    not saved with the model: call ``install`` again after loading. Returns
+    ``model``.
+
+    Example:
+        >>> import keras, numpy as np, tfkit
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        >>> model.compile(tfkit.GradientAccumulator(keras.optimizers.SGD(0.1), 3), "mse")
+        >>> model = tfkit.training.install(model)
+        >>> x, y = np.ones((10, 3), "float32"), np.ones((10, 1), "float32")
+        >>> _ = model.fit(x, y, batch_size=4, verbose=0)  # 4 + 4 + 2: one exact update
+        >>> int(model.optimizer.iterations)
+        1
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
+    model.train_step = types.MethodType(_weighted_train_step, model)
+    model.train_function = None  # rebuilt around the new step by the next fit
+    return model

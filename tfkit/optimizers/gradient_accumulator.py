@@ -17,7 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+import numbers
+import threading
 
 import keras
 import tensorflow as tf
@@ -42,24 +46,6 @@ def _needs_merge_call() -> bool:
     )
 
 
-def _clips(optimizer) -> bool:
-    return any(
-        bool(value) and value > 0
-        for value in (optimizer.clipnorm, optimizer.global_clipnorm, optimizer.clipvalue)
-    )
-
-
-def _clip_like(optimizer, grads):
-    """Clip ``grads`` as ``optimizer`` would (Keras' clipnorm / global_clipnorm / clipvalue)."""
-    if optimizer.clipnorm and optimizer.clipnorm > 0:
-        return [tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
-    if optimizer.global_clipnorm and optimizer.global_clipnorm > 0:
-        return tf.clip_by_global_norm(grads, optimizer.global_clipnorm)[0]
-    if optimizer.clipvalue and optimizer.clipvalue > 0:
-        return [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
-    return grads
-
-
 def _variable_name(variable) -> str:
     # Keras variables have a unique ``path``; raw tf.Variables only a ``name``.
     name = getattr(variable, "path", None) or variable.name
@@ -74,23 +60,88 @@ def _all_finite(grads) -> tf.Tensor:
     return tf.reduce_all(tf.stack(flags))
 
 
+def _check_weight(weight):
+    """``None``, or a float32 scalar tensor; Python numbers are validated here."""
+    if weight is None:
+        return None
+    if isinstance(weight, bool):
+        raise TypeError(
+            f"`weight` must be a number >= 0 or a scalar tensor, received weight={weight!r}."
+        )
+    if isinstance(weight, numbers.Real):
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"`weight` must be a finite number >= 0, received weight={weight!r}.")
+    weight = tf.cast(weight, tf.float32)
+    if weight.shape.rank not in (None, 0):
+        raise ValueError(
+            f"`weight` must be a scalar (one weight per micro-batch), received shape {weight.shape}."
+        )
+    return tf.reshape(weight, ())
+
+
+_SWITCH_LOCK = threading.Lock()
+_SWITCHED_OFF: dict[int, int] = {}
+
+
+def _identity_reduce(grads_and_vars):
+    return list(grads_and_vars)
+
+
+@contextlib.contextmanager
+def _already_reduced(optimizer, replicas):
+    """Let a Keras optimizer apply gradients that are already summed over replicas.
+
+    Keras' TensorFlow optimizers all-reduce the gradients they receive
+    (``_all_reduce_sum_gradients``). The accumulator has reduced them already,
+    together with its weights and counts, so the inner's all-reduce is switched
+    off for this call: one collective per window instead of two, and clipping
+    sees the global gradient on every replica.
+    """
+    if replicas == 1:
+        yield True
+        return
+    if not hasattr(optimizer, "_all_reduce_sum_gradients"):
+        yield False
+        return
+    # MirroredStrategy traces its replicas in parallel threads: the switch is
+    # reference-counted so that the first replica to finish does not switch
+    # it back on under another one.
+    with _SWITCH_LOCK:
+        if _SWITCHED_OFF.get(id(optimizer), 0) == 0:
+            optimizer._all_reduce_sum_gradients = _identity_reduce
+        _SWITCHED_OFF[id(optimizer)] = _SWITCHED_OFF.get(id(optimizer), 0) + 1
+    try:
+        yield True
+    finally:
+        with _SWITCH_LOCK:
+            _SWITCHED_OFF[id(optimizer)] -= 1
+            if _SWITCHED_OFF[id(optimizer)] == 0:
+                del _SWITCHED_OFF[id(optimizer)]
+                del optimizer._all_reduce_sum_gradients
+
+
 @keras.saving.register_keras_serializable(package="tfkit")
 class GradientAccumulator(keras.optimizers.Optimizer):
     """Wrap an optimizer so that it updates once every ``accumulation_steps`` micro-batches.
 
-    Every call to ``apply``/``apply_gradients`` (one micro-batch) adds the
-    gradients to float32 accumulators. On the ``k``-th finite micro-batch of a
-    window the inner optimizer is applied once to their mean,
+    Every call to ``apply``/``apply_gradients`` (one micro-batch ``i`` with
+    gradients ``g_i`` and weight ``w_i``, 1 by default) adds ``w_i * g_i`` and
+    ``w_i`` to float32 accumulators. The ``k``-th call closes the window: the
+    inner optimizer is applied once to the weighted mean over the finite
+    micro-batches ``F`` of the window,
 
-        g = (1 / k) * sum_{i=1..k} g_i,
+        g = sum_{i in F} w_i g_i / sum_{i in F} w_i,
 
-    and the window starts again. With equal micro-batches and a mean-reduced
-    loss, ``k`` micro-batches of ``b`` give the update of one batch of ``k * b``.
+    and the window starts again. When ``g_i`` is the gradient of a loss that
+    is a mean over ``w_i`` elements (samples, unmasked tokens, or the sum of
+    sample weights), ``g`` is exactly the gradient of the mean over the whole
+    window: ragged and padded micro-batches give the update of one big batch.
+    :class:`tfkit.TrainStep` and :func:`tfkit.training.install` pass the
+    right ``w_i`` themselves. Without weights every micro-batch counts 1 (the
+    plain mean of the micro-batch gradients, exact for equal micro-batches).
 
     Semantics:
 
-    * **Mean of the micro-batch gradients.** The real update receives the mean
-      of the ``k`` micro-batch gradients, cast to the variable dtype.
     * **The inner optimizer runs only on real updates.** Its ``iterations``,
       moments, weight decay, gradient clipping (``clipnorm``,
       ``global_clipnorm``, ``clipvalue``, applied to the *mean* gradient),
@@ -104,39 +155,48 @@ class GradientAccumulator(keras.optimizers.Optimizer):
       counter instead.) ``learning_rate`` reads and sets the inner optimizer's.
     * **float32 accumulators** whatever the variable dtype.
     * **Non-finite micro-batches are dropped.** A micro-batch whose gradients
-      contain ``inf``/``nan`` (on any replica) is neither added nor counted;
-      ``dropped_micro_batches`` counts them. The window closes after ``k``
-      *finite* micro-batches, so weights are never touched by a non-finite
-      gradient.
+      (or tensor weight) contain ``inf``/``nan`` is neither added nor weighed;
+      ``dropped_micro_batches`` counts it. The window still closes after ``k``
+      calls and divides by the weight of the finite micro-batches only. A
+      window with no finite weight (or whose sums overflow) makes no update.
+      Non-finite values never reach the weights.
     * **Windows ignore epoch boundaries.** The window carries over from one
       epoch to the next (and through checkpoints). At the end of training a
       partial window is *not* applied silently: call :meth:`flush` to apply
-      the mean of the micro-batches accumulated so far as one real update, or
-      leave it to discard them.
+      the weighted mean of the micro-batches accumulated so far as one real
+      update, or leave it to discard them.
     * **Loss scaling goes outside.** ``LossScaleOptimizer(GradientAccumulator
       (inner))`` is the right order (and what ``model.compile`` builds under the
       ``"mixed_float16"`` policy): the loss scaler skips a non-finite step
       before it reaches the accumulator and hands over unscaled gradients.
+      ``tfkit.precision.LossScaleOptimizer.apply`` passes ``weight`` through.
       Wrapping a ``LossScaleOptimizer`` inside raises ``ValueError``.
-    * **Distribution.** Under ``MirroredStrategy`` and
+    * **One collective per window.** Under ``MirroredStrategy`` and
       ``MultiWorkerMirroredStrategy`` each replica accumulates its own local
-      gradients (no communication on micro-steps); the real update all-reduces
-      the accumulated sums once, exactly where the inner optimizer would
-      all-reduce a plain gradient, so the result equals single-device training
-      on the same global batches.
+      gradients and decides on its own shard's finiteness: a micro-step that
+      does not close a window communicates nothing (as PyTorch's ``no_sync``).
+      Closing a window all-reduces the sums, the sum of weights and the count
+      of dropped shards together, once; the inner optimizer then applies the
+      already-reduced mean without all-reducing again. Per-replica gradients
+      follow Keras' convention (the loss divided by the number of replicas)
+      and weights are per replica, so the denominator is the sum of the
+      weights over replicas and micro-batches: the result equals
+      single-device training on the same global batches. A shard that is
+      non-finite on one replica drops only that replica's share.
 
-    State for logging: ``micro_step`` (finite micro-batches in the open
-    window, ``0 .. k-1`` between calls), ``last_step_updated`` (whether the
-    last call performed a real update), ``dropped_micro_batches`` (non-finite
-    micro-batches dropped so far), ``iterations`` (real updates so far). All
-    of it lives in variables and is saved by ``tf.train.Checkpoint`` and
-    ``keras.saving``, so restoring mid-window continues the same window.
+    State for logging: ``micro_step`` (micro-batches in the open window,
+    ``0 .. k-1`` between calls), ``last_step_updated`` (whether the last call
+    performed a real update), ``dropped_micro_batches`` (non-finite
+    micro-batches -- per replica shard -- dropped so far), ``iterations``
+    (real updates so far). All of it lives in variables and is saved by
+    ``tf.train.Checkpoint`` and ``keras.saving``, so restoring mid-window
+    continues the same window.
 
     Args:
         inner_optimizer: the ``keras.optimizers.Optimizer`` that performs the
             real updates (SGD, Adam, AdamW, RMSprop, Lion, ...). Its own
             ``gradient_accumulation_steps`` must be ``None``.
-        accumulation_steps: ``k >= 1``, the number of finite micro-batches per
+        accumulation_steps: ``k >= 1``, the number of micro-batches (calls) per
             real update (``1`` is a pass-through that still drops non-finite
             micro-batches).
         name: optional name of the wrapper.
@@ -228,6 +288,11 @@ class GradientAccumulator(keras.optimizers.Optimizer):
             self._local_variable(v.shape, "float32", "sum", f"{_variable_name(v)}_accumulator")
             for v in var_list
         ]
+        # Sum of the weights of the finite micro-batches, and count of the
+        # dropped ones, in the open window (float32: they ride in the same
+        # all-reduce as the gradient sums).
+        self._window_weight = self._local_variable((), "float32", "sum", "window_weight")
+        self._window_dropped = self._local_variable((), "float32", "sum", "window_dropped")
         self._micro_step = self._local_variable((), "int64", "only_first_replica", "micro_step")
         self._dropped = self._local_variable(
             (), "int64", "only_first_replica", "dropped_micro_batches"
@@ -259,7 +324,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     @property
     def micro_step(self) -> tf.Variable:
-        """Finite micro-batches accumulated in the open window (``0 .. k-1`` between calls)."""
+        """Micro-batches in the open window, dropped ones included (``0 .. k-1`` between calls)."""
         self._check_built("micro_step")
         return self._micro_step
 
@@ -270,10 +335,10 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         return ops.equal(self._last_updated, 1)
 
     @property
-    def dropped_micro_batches(self) -> tf.Variable:
-        """Number of non-finite micro-batches dropped so far."""
+    def dropped_micro_batches(self) -> tf.Tensor:
+        """Number of non-finite micro-batches (per replica shard) dropped so far (int64)."""
         self._check_built("dropped_micro_batches")
-        return self._dropped
+        return self._dropped + ops.cast(self._window_dropped, "int64")
 
     def _check_built(self, attribute):
         if not self.built:
@@ -321,13 +386,32 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     # ---------------------------------------------------------------- update
 
+    def apply_gradients(self, grads_and_vars, weight=None):
+        """``apply`` for ``(gradient, variable)`` pairs; ``weight`` as in :meth:`apply`."""
+        grads, trainable_variables = zip(*grads_and_vars, strict=True)
+        self.apply(list(grads), list(trainable_variables), weight=weight)
+        return self.iterations
+
     # The graph code below uses explicit tf.cond and no Python control flow on
     # tensors, so autograph has nothing to convert here.
     @tf.autograph.experimental.do_not_convert
-    def apply(self, grads, trainable_variables=None):
-        """Add one micro-batch of gradients; apply the inner optimizer when a window closes."""
+    def apply(self, grads, trainable_variables=None, weight=None):
+        """Add one micro-batch of gradients; apply the inner optimizer when a window closes.
+
+        Args:
+            grads: the micro-batch gradients (``None`` entries are skipped).
+            trainable_variables: the variables they belong to; defaults to
+                the variables the optimizer was built with.
+            weight: the micro-batch's weight ``w_i >= 0`` (Python number or
+                scalar tensor): the number of samples, of unmasked tokens, or
+                the sum of sample weights its loss was divided by. The real
+                update is ``sum_i w_i g_i / sum_i w_i``. ``None`` counts as 1.
+                A non-finite or negative tensor weight drops the micro-batch
+                like a non-finite gradient.
+        """
         if len(grads) == 0:
             return
+        weight = _check_weight(weight)
         if trainable_variables is None:
             if not self.built:
                 raise ValueError(
@@ -354,13 +438,13 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         if not pairs:
             raise ValueError("No gradients provided for any variable.")
         with keras.name_scope(self.name, caller=self):
-            self._accumulate(pairs)
+            self._accumulate(pairs, weight)
             close = ops.greater_equal(self._micro_step, self.accumulation_steps)
             self._update_if(close, [v for _, v in pairs])
 
     @tf.autograph.experimental.do_not_convert
     def flush(self) -> tf.Tensor:
-        """Apply the partial window now, as one real update with the mean of its micro-batches.
+        """Apply the partial window now, as one real update with the weighted mean of its micro-batches.
 
         Does nothing if the window is empty. Call it after the last
         ``model.fit``/custom loop when the number of micro-batches is not a
@@ -369,9 +453,18 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         every replica itself). Returns whether an update was applied.
         """
         self._check_built("flush")
-        if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
-            strategy = tf.distribute.get_strategy()
-            strategy.run(self._flush_in_replica)
+        # The strategy the optimizer was created under, even when flush() is
+        # called outside its scope: the sums live on its replicas.
+        strategy = getattr(self, "_distribution_strategy", None) or tf.distribute.get_strategy()
+        outside_replicas = (
+            not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context()
+        )
+        if outside_replicas and strategy.num_replicas_in_sync > 1:
+            with strategy.scope():
+                if tf.executing_eagerly():
+                    tf.function(lambda: strategy.run(self._flush_in_replica))()
+                else:
+                    strategy.run(self._flush_in_replica)
         else:
             self._flush_in_replica()
         return self.last_step_updated
@@ -380,76 +473,140 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         with keras.name_scope(self.name, caller=self):
             self._update_if(ops.greater(self._micro_step, 0), self._trainable_variables)
 
-    def _accumulate(self, pairs):
+    def _accumulate(self, pairs, weight):
+        """Add ``weight * g`` to this replica's sums, or count the micro-batch as dropped.
+
+        Purely local: no communication, whatever the strategy. Each replica
+        decides on its own shard; the window closes after ``k`` calls on
+        every replica alike, so the replicas never drift apart.
+        """
         finite = _all_finite([g for g, _ in pairs])
-        if tf.distribute.has_strategy():
-            # Every replica must take the same decision, or their windows drift.
-            replica = tf.distribute.get_replica_context()
-            n_bad = replica.all_reduce(
-                tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
+        if weight is not None:
+            finite = ops.logical_and(
+                finite, ops.logical_and(tf.math.is_finite(weight), ops.greater_equal(weight, 0.0))
             )
-            finite = ops.equal(n_bad, 0.0)
 
         def add():
             for g, v in pairs:
                 accumulator = self._accumulators[self._get_variable_index(v)]
-                if isinstance(g, tf.IndexedSlices):
+                if isinstance(g, tf.IndexedSlices) and not tf.distribute.has_strategy():
+                    values = tf.cast(g.values, tf.float32)
+                    if weight is not None:
+                        values = values * weight
                     accumulator.value.scatter_add(
-                        tf.IndexedSlices(tf.cast(g.values, tf.float32), g.indices, g.dense_shape)
+                        tf.IndexedSlices(values, g.indices, g.dense_shape)
                     )
                 else:
-                    accumulator.assign_add(tf.cast(g, tf.float32))
+                    # Sync-on-read variables (one per replica) have no scatter_add.
+                    g = tf.cast(tf.convert_to_tensor(g), tf.float32)
+                    accumulator.assign_add(g if weight is None else g * weight)
+            self._window_weight.assign_add(1.0 if weight is None else weight)
+
+        def drop():
+            self._window_dropped.assign_add(1.0)
 
         # A branch, not a mask: no extra pass over the gradients, and nan * 0 is nan.
-        tf.cond(finite, add, lambda: None)
-        step = ops.cast(finite, "int64")
-        self._micro_step.assign_add(step)
-        self._dropped.assign_add(1 - step)
+        tf.cond(finite, add, drop)
+        self._micro_step.assign_add(1)
+
+    def _window_values(self, variables):
+        """This replica's partial sums, then ``[sum of weights, dropped count]`` (all float32)."""
+        sums = [self._accumulators[self._get_variable_index(v)].value for v in variables]
+        return sums + [tf.stack([self._window_weight.value, self._window_dropped.value])]
 
     def _update_if(self, close, variables):
-        """Run the real update on every replica iff ``close`` (same value on every replica)."""
-        self._last_updated.assign(ops.cast(close, "int64"))
+        """Close the window on every replica iff ``close`` (same value on every replica).
+
+        The only collective of a window is the one all-reduce inside the
+        ``close`` branch: the partial sums, the sum of weights and the count of
+        dropped micro-batches travel together (all float32, so the strategy
+        packs them into one collective). A micro-step that does not close a
+        window communicates nothing.
+        """
         if not _needs_merge_call():
-            tf.cond(close, lambda: self._real_update(variables), lambda: None)
+
+            def close_window():
+                values = self._window_values(variables)
+                if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+                    values = tf.distribute.get_replica_context().all_reduce(
+                        tf.distribute.ReduceOp.SUM, values
+                    )
+                apply = self._apply_condition(values)
+                tf.cond(apply, lambda: self._step_inner(values, variables), lambda: None)
+                self._reset_window(values, apply, variables)
+                return apply
+
+            updated = tf.cond(close, close_window, lambda: tf.constant(False), name="close_window")
+            self._last_updated.assign(ops.cast(updated, "int64"))
             return
 
-        def cross_replica(strategy, close):
-            first = strategy.experimental_local_results(close)[0]
-            tf.cond(
-                first,
-                lambda: strategy.extended.call_for_each_replica(
-                    self._real_update, args=(variables,)
-                ),
-                lambda: None,
+        # The inner optimizer's update calls merge_call, which a cond in replica
+        # context cannot hold: take the decisions in cross-replica context.
+        def cross_replica(strategy, close, values):
+            def close_window():
+                reduced = strategy.extended.batch_reduce_to(
+                    tf.distribute.ReduceOp.SUM, [(v, v) for v in values]
+                )
+                first = [strategy.experimental_local_results(v)[0] for v in reduced]
+                apply = self._apply_condition(first)
+                tf.cond(
+                    apply,
+                    lambda: strategy.extended.call_for_each_replica(
+                        self._step_inner, args=(reduced, variables)
+                    ),
+                    lambda: None,
+                )
+                strategy.extended.call_for_each_replica(
+                    self._reset_window, args=(reduced, apply, variables)
+                )
+                return apply
+
+            first_close = strategy.experimental_local_results(close)[0]
+            return tf.cond(
+                first_close, close_window, lambda: tf.constant(False), name="close_window"
             )
 
-        tf.distribute.get_replica_context().merge_call(cross_replica, args=(close,))
+        updated = tf.distribute.get_replica_context().merge_call(
+            cross_replica, args=(close, self._window_values(variables))
+        )
+        self._last_updated.assign(ops.cast(updated, "int64"))
 
-    def _real_update(self, variables):
-        count = ops.cast(self._micro_step, "float32")
-        means = [
-            ops.divide(self._accumulators[self._get_variable_index(v)].value, count)
-            for v in variables
-        ]
+    @staticmethod
+    def _apply_condition(values):
+        """Update iff the window holds weight and its (reduced) sums are finite."""
+        return ops.logical_and(ops.greater(values[-1][0], 0.0), _all_finite(values[:-1]))
+
+    def _step_inner(self, values, variables):
+        """Hand the inner optimizer the global weighted mean, already reduced."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1 and _clips(self.inner_optimizer):
-            # Keras clips the per-replica gradients *before* its all-reduce,
-            # which is not the clip of the global gradient. Reduce here, clip
-            # the global mean as the inner optimizer would, and hand each
-            # replica 1/n of it: the inner's own clip is then a no-op (every
-            # norm and value is at most clip / n) and its all-reduce sums the
-            # shares back to the clipped global mean.
-            means = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, means
-            )
-            means = [m / replicas for m in _clip_like(self.inner_optimizer, means)]
-        grads = [ops.cast(m, v.dtype) for m, v in zip(means, variables, strict=True)]
-        # Otherwise the inner optimizer all-reduces the per-replica means, then
-        # clips, decays and steps exactly as it would for one big batch.
-        self.inner_optimizer.apply(grads, variables)
+        # Per-replica gradients follow Keras' convention (the loss is divided by
+        # the number of replicas, so that the *sum* over replicas is the mean):
+        # undo that factor here, since the sum over replicas is already taken.
+        scale = ops.divide(float(replicas), values[-1][0])
+        grads = [
+            ops.cast(ops.multiply(s, scale), v.dtype)
+            for s, v in zip(values[:-1], variables, strict=True)
+        ]
+        with _already_reduced(self.inner_optimizer, replicas) as grads_are_reduced:
+            if not grads_are_reduced:
+                # An optimizer that all-reduces some other way: hand each replica
+                # its share, which that all-reduce sums back to the mean.
+                grads = [ops.divide(g, ops.cast(replicas, g.dtype)) for g in grads]
+            self.inner_optimizer.apply(grads, variables)
+
+    def _reset_window(self, values, applied, variables):
         for v in variables:
             accumulator = self._accumulators[self._get_variable_index(v)]
             accumulator.assign(tf.zeros_like(accumulator.value))
+        # A window whose sums overflowed is dropped whole: count all its shards.
+        shards = ops.cast(self._micro_step, "float32") * float(
+            tf.distribute.get_strategy().num_replicas_in_sync
+        )
+        finite_sums = ops.logical_or(applied, ops.equal(values[-1][0], 0.0))
+        dropped = ops.where(finite_sums, values[-1][1], shards)
+        self._dropped.assign_add(ops.cast(dropped, "int64"))
+        self._window_weight.assign(0.0)
+        self._window_dropped.assign(0.0)
         self._micro_step.assign(0)
 
     # ------------------------------------------------------------ serialising

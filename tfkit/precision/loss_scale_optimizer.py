@@ -207,14 +207,24 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             return ops.convert_to_tensor(0, dtype="int64")
         return _read(self._skipped_steps)
 
-    def _stateful_handle_finite_grads(self, grads, trainable_variables):
+    def apply(self, grads, trainable_variables=None, weight=None):
+        """Keras' ``apply``; ``weight`` is handed to an inner ``GradientAccumulator``."""
+        if weight is None:
+            return super().apply(grads, trainable_variables)
+        if not self.built:
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+        return self._tf_apply(grads, trainable_variables, weight=weight)
+
+    def _stateful_handle_finite_grads(self, grads, trainable_variables, weight=None):
         scale = self.dynamic_scale
         tvs = trainable_variables or self._trainable_variables
         unscaled = [
             g if g is None or self._overwrite_variable_with_gradient(v) else ops.divide(g, scale)
             for g, v in zip(grads, tvs, strict=True)
         ]
-        self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables)
+        extra = {} if weight is None else {"weight": weight}
+        self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables, **extra)
 
         def grow():
             self.step_counter.assign(0)
@@ -233,7 +243,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         )
         self._skipped_steps.assign_add(1)
 
-    def _tf_apply(self, grads, trainable_variables=None):
+    def _tf_apply(self, grads, trainable_variables=None, weight=None):
         # Keras decides "finite" from the first replica's *local* gradients,
         # before they are all-reduced: an inf on another replica then reaches
         # the weights (NaN weights under MirroredStrategy). Here every replica
@@ -249,12 +259,12 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 finite = ops.equal(bad, 0.0)
             ops.cond(
                 finite,
-                lambda: self._stateful_handle_finite_grads(grads, trainable_variables),
+                lambda: self._stateful_handle_finite_grads(grads, trainable_variables, weight),
                 self._stateful_handle_non_finite_grads,
             )
             return
 
-        def handle_cross_replica(distribution, grads, trainable_variables):
+        def handle_cross_replica(distribution, grads, trainable_variables, weight):
             per_replica = distribution.extended.call_for_each_replica(
                 lambda g: _nonfinite(self.check_finite(g)), args=(grads,)
             )
@@ -262,14 +272,14 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
             def apply_fn():
                 distribution.extended.call_for_each_replica(
-                    self._stateful_handle_finite_grads, args=(grads, trainable_variables)
+                    self._stateful_handle_finite_grads, args=(grads, trainable_variables, weight)
                 )
 
             # The cond must run in cross-replica context: the inner optimizer's
             # apply calls merge_call, which a replica-context cond cannot hold.
             ops.cond(ops.equal(bad, 0.0), apply_fn, self._stateful_handle_non_finite_grads)
 
-        replica.merge_call(handle_cross_replica, args=(grads, trainable_variables))
+        replica.merge_call(handle_cross_replica, args=(grads, trainable_variables, weight))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError(
