@@ -142,6 +142,25 @@ def test_restores_weights_optimizer_and_rng_bit_identical(jit_compile):
     _assert_bit_identical(_all_state(twin), _all_state(model))
 
 
+def test_never_trained_model_leaves_no_optimizer_state_behind():
+    """On a fresh model the Adam slots and metrics are created before the snapshot.
+
+    Keras creates them lazily at the first traced step when no strategy is
+    set; a snapshot taken before that would miss them, and the sweep's moments
+    would stay in the optimizer afterwards.
+    """
+    x, y = _isotropic_regression()
+    model = _bn_dropout_model(7, False)
+    lr_find(model, (x, y), min_lr=1e-5, max_lr=1.0, steps=6, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    slots = [v for v in model.optimizer.variables if v is not model.optimizer.iterations]
+    assert slots, "the optimizer should be built by now"
+    for v in slots:
+        if "learning_rate" in v.path:
+            continue
+        np.testing.assert_array_equal(v.numpy(), np.zeros_like(v.numpy()), err_msg=v.path)
+
+
 def test_schedule_is_overridden_then_restored():
     x, y = _isotropic_regression()
     schedule = keras.optimizers.schedules.CosineDecay(0.05, decay_steps=1000)

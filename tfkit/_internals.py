@@ -77,14 +77,19 @@ def current_learning_rate_attribute() -> str:
 def symbolic_build(model, data_batch) -> bool:
     """Create model, metric and optimizer variables without running a step.
 
-    ``Trainer._maybe_symbolic_build`` is what ``fit`` calls before its first
-    step (Keras 3.0 through 3.15, private). Returns False when this Keras has
-    no such method (state is then built lazily by the first step).
+    ``Trainer._symbolic_build`` (Keras 3.0 through 3.15, private) builds them
+    from a batch's specs without computing anything. Its public-facing caller
+    ``_maybe_symbolic_build`` returns early under TensorFlow when no
+    distribution strategy is set, leaving slots and metrics to the first traced
+    step, so a snapshot taken before would miss them: call the builder itself,
+    in the model's strategy scope. Returns False when this Keras has no such
+    method (state is then built lazily by the first step).
     """
-    build = getattr(model, "_maybe_symbolic_build", None)
+    build = getattr(model, "_symbolic_build", None)
     if build is None:
         return False
-    build(data_batch=data_batch)
+    with model.distribute_strategy.scope():
+        build(data_batch=data_batch)
     return True
 
 

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _internals
 from tfkit.doctor import _checks
 from tfkit.doctor.report import Finding, Report
 from tfkit.tuning._state import TrainingState
@@ -101,17 +102,8 @@ def _sample_batches(data, batch_size: int, sample_size: int, seed: int) -> list[
 
 
 def _build(model, batch) -> None:
-    """Create every variable a training step would create, before the snapshot.
-
-    Under TensorFlow without a distribution strategy, Keras defers building the
-    optimizer slots and compiled metrics to the first traced step; a snapshot
-    taken before would miss them and they would keep the values of the checks'
-    steps. Keras' symbolic build creates them without computing anything.
-    """
-    build = getattr(model, "_symbolic_build", None)
-    if build is not None:  # private in Keras 3.x
-        with model.distribute_strategy.scope():
-            build(data_batch=batch)
+    """Create every variable a training step would create, before the snapshot."""
+    _internals.symbolic_build(model, batch)
 
 
 def examine(
