@@ -37,29 +37,9 @@ import tensorflow as tf  # noqa: E402
 from digits_data import load_digits_split  # noqa: E402
 
 import tfkit  # noqa: E402
+from tfkit.cli.quickstart_model import build_model  # noqa: E402  (shared with tfkit lr-find)
 
 PRECISIONS = ("auto", "mixed_float16", "mixed_bfloat16", "float32")
-
-
-def build_model(width: int = 32, blocks: int = 2, recompute: bool = True) -> keras.Model:
-    """A small residual conv net; each block ``x + Conv(Dropout(Conv(x)))`` is recomputed."""
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
-    for i in range(blocks):
-        block = keras.Sequential(
-            [
-                keras.layers.Conv2D(width, 3, padding="same", activation="relu"),
-                keras.layers.Dropout(0.1),
-                keras.layers.Conv2D(width, 3, padding="same"),
-            ],
-            name=f"block_{i}",
-        )
-        h = tfkit.Recompute(block)(x) if recompute else block(x)
-        x = keras.layers.Activation("relu")(keras.layers.Add()([x, h]))
-    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
-    # Softmax and loss in float32 whatever the policy (tfkit.precision.audit checks it).
-    outputs = keras.layers.Dense(10, activation="softmax", dtype="float32")(x)
-    return keras.Model(inputs, outputs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
