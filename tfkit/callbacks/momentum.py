@@ -2,7 +2,7 @@
 
 Keras optimizers store ``momentum`` (SGD, RMSprop) and ``beta_1`` (Adam, AdamW,
 Adamax, Nadam, Lion) as Python floats; the traced train step bakes them in as
-constants, so nothing can cycle them (DESIGN.md K6), and assigning a new float
+constants, so nothing can cycle them (docs/keras-defects.md#momentum-not-schedulable), and assigning a new float
 per batch from a callback would both retrace and miss the steps executed
 inside one ``steps_per_execution`` call.
 

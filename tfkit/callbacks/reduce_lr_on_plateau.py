@@ -28,7 +28,7 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
     """Reduce the learning rate when a monitored quantity stops improving.
 
     Keras' ``ReduceLROnPlateau`` raises ``TypeError`` when the optimizer's
-    learning rate is a ``LearningRateSchedule`` (DESIGN.md K4). This one works
+    learning rate is a ``LearningRateSchedule`` (docs/keras-defects.md#reduce-lr-on-schedule). This one works
     for any learning rate:
 
     * **float / variable**: as Keras, ``lr <- max(lr * factor, min_lr)`` is
