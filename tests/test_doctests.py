@@ -41,9 +41,10 @@ def test_docstring_examples_run(name):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for test in finder.find(module, name):
         # Only the examples written in this module, not those of names it imports.
-        if test.filename and pathlib.Path(test.filename).resolve() != pathlib.Path(
-            module.__file__
-        ).resolve():
+        if (
+            test.filename
+            and pathlib.Path(test.filename).resolve() != pathlib.Path(module.__file__).resolve()
+        ):
             continue
         runner.run(test)
     result = runner.summarize(verbose=False)
