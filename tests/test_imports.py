@@ -52,6 +52,15 @@ def test_import_tfkit_imports_no_tensorflow(root):
     assert out.stdout.strip() == "[]"
 
 
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("saved") / "m.keras")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    saved = _python(f"PATH = {path!r}\n" + SAVE, root)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    return path
+
+
 @pytest.mark.parametrize(
     "imports",
     [
@@ -61,11 +70,8 @@ def test_import_tfkit_imports_no_tensorflow(root):
         "import tfkit.schedules; import keras",  # a submodule import registers the rest
     ],
 )
-def test_safe_mode_load_in_any_import_order(imports, root, tmp_path):
-    path = str(tmp_path / "m.keras")
-    saved = _python(f"PATH = {path!r}\n" + SAVE, root)
-    assert saved.returncode == 0, saved.stderr[-3000:]
-    out = _python(f"PATH = {path!r}\n{imports}\n" + CHECK, root)
+def test_safe_mode_load_in_any_import_order(imports, root, saved_model):
+    out = _python(f"PATH = {saved_model!r}\n{imports}\n" + CHECK, root)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "['LossScaleOptimizer', 'GradientAccumulator'] Recompute"
 
