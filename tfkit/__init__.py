@@ -17,14 +17,17 @@ works in either import order.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 from tfkit import _lazy
 from tfkit._version import __version__ as __version__
 
-# The modules that register Keras-serializable objects (or whose import every
-# tfkit user expects). Importing them all is what "registered" means. A new
-# package with serializable classes adds its module name here, nothing else.
+# The modules that register Keras-serializable objects. Importing them all is
+# what "registered" means. A new module or package with
+# @keras.saving.register_keras_serializable classes adds its name here, nothing
+# else (tests/test_imports.py fails until it does). Any public submodule is
+# reachable as an attribute (tfkit.layers) without being listed anywhere.
 SERIALIZABLE_MODULES = (
     "tfkit.schedules",
     "tfkit.optimizers",
@@ -75,7 +78,9 @@ def __getattr__(name: str):
     if name in _ATTRIBUTES:
         register_serializables()
         value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
-    elif name in _SUBMODULES:
+    elif name in _SUBMODULES or (
+        not name.startswith("_") and importlib.util.find_spec(f"tfkit.{name}") is not None
+    ):  # a public submodule, listed or not
         register_serializables()
         value = importlib.import_module(f"tfkit.{name}")
     else:
