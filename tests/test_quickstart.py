@@ -15,7 +15,7 @@ def test_quickstart_reaches_97_percent_and_writes_outputs(tmp_path):
     assert summary["effective_batch"] == 64
     assert summary["precision"] == "float32"  # "auto" on a machine without a GPU
     # Imported into this test process the BFC allocator is off: said, not faked
-    # (TensorFlow < 2.17 reports CPU memory without it).
+    # (TensorFlow 2.16 reports CPU memory without it).
     assert summary["peak_memory_mib"] is None or summary["peak_memory_mib"] > 0
     assert 0 <= summary["best_epoch"] < summary["epochs"]
     with open(summary["history_csv"]) as f:
