@@ -78,9 +78,11 @@ _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is call
 def _import_tensorflow_quietly(min_level: int) -> None:
     """Import TensorFlow with its C++ start-up log below ``min_level`` removed.
 
-    TensorFlow >= 2.17 logs through absl before absl is initialised, and those
-    lines ignore ``TF_CPP_MIN_LOG_LEVEL``; so stderr (file descriptor 2, where
-    C++ writes) is captured during the import and every other line is passed on.
+    Recent TensorFlow (2.21 here) logs its start-up (oneDNN, CUDA probing)
+    through absl before absl is initialised, and those lines ignore
+    ``TF_CPP_MIN_LOG_LEVEL``; so stderr (file descriptor 2, where C++ writes) is
+    captured during the import and every other line, Python's included, is
+    passed on.
     """
     if "tensorflow" in sys.modules or min_level <= 0:
         return
