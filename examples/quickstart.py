@@ -4,7 +4,8 @@ Run it with ``make demo`` (or ``python examples/quickstart.py``). The recipe:
 
 * a OneCycle learning rate with momentum cycling (``MomentumScheduler``),
   as in Smith's 1cycle policy and PyTorch's ``OneCycleLR``;
-* the precision policy of ``--precision`` (``auto`` picks bf16 on Ampere+,
+* the precision policy of ``--precision``, the optimizer wrapped by
+  ``tfkit.precision.wrap`` (tfkit's bounded loss scaler under float16) (``auto`` picks bf16 on Ampere+,
   fp16 on Volta/Turing, float32 elsewhere, so float32 on this CPU);
 * ``GradientAccumulator``: micro-batches of ``--micro-batch`` examples,
   ``--accumulation`` of them per update (the effective batch is the product);
@@ -33,39 +34,22 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from digits_data import load_digits_split  # noqa: E402
 
 import tfkit  # noqa: E402
+from tfkit.cli.quickstart_model import build_model  # noqa: E402  (shared with tfkit lr-find)
 
 PRECISIONS = ("auto", "mixed_float16", "mixed_bfloat16", "float32")
-
-
-def build_model(width: int = 32, blocks: int = 2, recompute: bool = True) -> keras.Model:
-    """A small residual conv net; each block ``x + Conv(Dropout(Conv(x)))`` is recomputed."""
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
-    for i in range(blocks):
-        block = keras.Sequential(
-            [
-                keras.layers.Conv2D(width, 3, padding="same", activation="relu"),
-                keras.layers.Dropout(0.1),
-                keras.layers.Conv2D(width, 3, padding="same"),
-            ],
-            name=f"block_{i}",
-        )
-        h = tfkit.Recompute(block)(x) if recompute else block(x)
-        x = keras.layers.Activation("relu")(keras.layers.Add()([x, h]))
-    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
-    # Softmax and loss in float32 whatever the policy (tfkit.precision.audit checks it).
-    outputs = keras.layers.Dense(10, activation="softmax", dtype="float32")(x)
-    return keras.Model(inputs, outputs)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument(
+        "--epochs", type=int, default=30, help="maximum epochs (early stopping may end sooner)"
+    )
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--accumulation", type=int, default=4)
     p.add_argument("--max-learning-rate", type=float, default=0.05)
@@ -82,28 +66,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _plots(history: dict, schedule, steps: int, out: pathlib.Path) -> list[pathlib.Path]:
+def _log_scale_if_wide(ax, values) -> None:
+    """Log y axis when the positive values span two decades or more."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size > 1 and v.max() / v.min() >= 100:
+        ax.set_yscale("log")
+
+
+def figures(history: dict, schedule, updates: int, planned: int, best_epoch: int, best_update: int):
+    """The three figures: rate and momentum over the ``updates`` that ran, loss per epoch.
+
+    ``best_epoch`` (0-based) is the epoch whose weights EarlyStopping restored;
+    ``best_update`` the update count at its end. Both are marked.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [out / "learning_rate.png", out / "momentum.png", out / "loss.png"]
-    tfkit.plot.plot_schedule(schedule, paths[0], steps=steps, title="OneCycle learning rate")
-    steps_axis = range(steps)
+    best = f"best epoch {best_epoch + 1} (weights restored)"
+    steps = np.arange(updates)
+    figs = {}
+    for name, fn, label in (
+        ("learning_rate", schedule, "learning rate"),
+        ("momentum", schedule.momentum_schedule, "momentum"),
+    ):
+        values = tfkit.plot.schedule_values(fn, updates)
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        ax.plot(steps, values, label=label)
+        ax.axvline(best_update, color="tab:green", ls="--", label=best)
+        _log_scale_if_wide(ax, values)
+        ax.set(
+            xlabel="step (optimizer updates)",
+            ylabel=label,
+            title=f"OneCycle {label}: {updates} of {planned} planned updates ran",
+        )
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figs[name] = fig
+    epochs = np.arange(1, len(history["loss"]) + 1)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(steps_axis, tfkit.plot.schedule_values(schedule.momentum_schedule, steps))
-    ax.set(xlabel="step (optimizer updates)", ylabel="momentum", title="OneCycle momentum")
+    ax.plot(epochs, history["loss"], label="train")
+    ax.plot(epochs, history["val_loss"], label="validation")
+    ax.axvline(best_epoch + 1, color="tab:green", ls="--", label=best)
+    _log_scale_if_wide(ax, [*history["loss"], *history["val_loss"]])
+    ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths[1])
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(history["loss"], label="train")
-    ax.plot(history["val_loss"], label="validation")
-    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths[2])
-    plt.close("all")
+    figs["loss"] = fig
+    return figs
+
+
+def _plots(figs: dict, out: pathlib.Path) -> list[pathlib.Path]:
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, fig in figs.items():
+        paths.append(out / f"{name}.png")
+        fig.savefig(paths[-1])
+        plt.close(fig)
     return paths
 
 
@@ -133,14 +155,24 @@ def main(argv=None) -> dict:
 
     with tfkit.precision.set_policy(args.precision) as policy:
         schedule = tfkit.schedules.OneCycle(args.max_learning_rate, total_steps=total_updates)
-        optimizer = tfkit.GradientAccumulator(
+        accumulator = tfkit.GradientAccumulator(
             keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
             accumulation_steps=args.accumulation,
         )
+        # Under mixed_float16: tfkit's LossScaleOptimizer (bounded, skipped steps
+        # counted and logged) instead of the unbounded one compile would add.
+        optimizer = tfkit.precision.wrap(accumulator, policy=policy)
         model = build_model(recompute=not args.no_recompute)
-        # Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer.
         model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
         history_csv = args.output_dir / "history.csv"
+        # OneCycle's rate is high for the first part of the run and the
+        # validation loss is noisy there: count patience from mid-run.
+        early_stopping = tfkit.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=5,
+            restore_best_weights=True,
+            start_from_epoch=args.epochs // 2,
+        )
         start = time.perf_counter()
         history = model.fit(
             x_train,
@@ -151,14 +183,7 @@ def main(argv=None) -> dict:
             callbacks=[
                 tfkit.callbacks.MomentumScheduler(schedule.momentum_schedule),
                 tfkit.callbacks.HyperparameterLogger(),
-                # OneCycle's rate is high for the first part of the run and the
-                # validation loss is noisy there: count patience from mid-run.
-                tfkit.callbacks.EarlyStopping(
-                    monitor="val_loss",
-                    patience=5,
-                    restore_best_weights=True,
-                    start_from_epoch=args.epochs // 2,
-                ),
+                early_stopping,
                 keras.callbacks.CSVLogger(str(history_csv)),
             ],
             verbose=0 if args.quiet else 2,
@@ -166,12 +191,20 @@ def main(argv=None) -> dict:
         seconds = time.perf_counter() - start
         _, test_accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     peak = _peak_memory_bytes()
-    plots = _plots(history.history, schedule, total_updates, args.output_dir)
+    updates = int(optimizer.iterations)
+    best_epoch = int(early_stopping.best_epoch)
+    # The accumulator's windows run on across epochs: floor, not ceil.
+    best_update = (best_epoch + 1) * micro_batches_per_epoch // args.accumulation
+    figs = figures(
+        history.history, schedule, updates, total_updates, best_epoch, min(best_update, updates)
+    )
+    plots = _plots(figs, args.output_dir)
     summary = {
         "test_accuracy": float(test_accuracy),
         "epochs": len(history.history["loss"]),
         "effective_batch": args.micro_batch * args.accumulation,
-        "updates": int(optimizer.iterations),
+        "updates": updates,
+        "best_epoch": best_epoch,
         "precision": policy.name,
         "peak_memory_mib": None if peak is None else peak / 2**20,
         "train_seconds": seconds,
@@ -180,7 +213,8 @@ def main(argv=None) -> dict:
     }
     print(
         f"\ntest accuracy    {summary['test_accuracy']:.4f}\n"
-        f"epochs           {summary['epochs']} (of at most {args.epochs}; early stopping)\n"
+        f"epochs           {summary['epochs']} (of at most {args.epochs}; early stopping), "
+        f"best epoch {best_epoch + 1} restored\n"
         f"effective batch  {summary['effective_batch']} = {args.micro_batch} x {args.accumulation} "
         f"accumulated; {summary['updates']} updates\n"
         f"precision        {policy.name} ({policy.reason})\n"

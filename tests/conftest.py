@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 FULL = os.environ.get("TFKIT_FULL") == "1"
 
+# Controls that assert a Keras defect report "this Keras bug is fixed" when it is.
+from keras_defects import pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: E402,F401
+
 
 @pytest.fixture(autouse=True)
 def _isolate_keras_state():

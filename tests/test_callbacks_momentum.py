@@ -288,7 +288,7 @@ def test_callback_serializes():
 
 
 def test_through_gradient_accumulator_counts_real_updates():
-    """Momentum follows real updates (micro-batches do not advance it): K1 for momentum."""
+    """Momentum follows real updates (micro-batches do not advance it): keras-defects.md#schedule-at-micro-step for momentum."""
     from tfkit.optimizers import GradientAccumulator
 
     x, y = _linear_problem()

@@ -405,6 +405,7 @@ def test_mirrored_nonfinite_on_one_replica_skips_on_all(mirrored_strategy):
 
 
 @pytest.mark.slow
+@pytest.mark.keras_defect("loss-scale-first-replica")
 def test_keras_loss_scale_optimizer_corrupts_weights_in_the_same_case(mirrored_strategy):
     """Characterises the Keras defect the test above guards against (first replica decides)."""
     x = np.ones((4, 2), "float32")

@@ -77,7 +77,7 @@ class AttentionBlock(keras.layers.Layer):
         return x + self.attn(h, h)
 
 
-# ---------------------------------------------------------------- K3: the Keras defect
+# ---------------------------------------------------------------- the Keras defect remat-training-kwarg
 
 
 class TrainingAware(keras.layers.Layer):
@@ -97,8 +97,9 @@ def _fit_one_step(model):
     return model.fit(x, y, epochs=1, batch_size=4, verbose=0)
 
 
+@pytest.mark.keras_defect("remat-training-kwarg")
 def test_keras_remat_scope_fails_in_fit_with_training_kwarg():
-    """K3: keras.RematScope crashes in model.fit as soon as a layer takes training=."""
+    """docs/keras-defects.md#remat-training-kwarg: keras.RematScope crashes in model.fit as soon as a layer takes training=."""
     with keras.RematScope(mode="full"):
         inputs = keras.Input((3,))
         outputs = TrainingAware()(inputs)

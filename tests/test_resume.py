@@ -56,6 +56,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, root, kil
 
 
 @pytest.mark.slow
+@pytest.mark.keras_defect("backup-restore-inexact")
 def test_keras_backup_and_restore_does_not_resume_exactly(tmp_path, root):
     """Control: the same kill with Keras' own callback ends elsewhere (replayed batches, RNG)."""
     ref = _run(root, tmp_path / "ref_backup", tmp_path / "ref.npz")

@@ -74,7 +74,7 @@ def test_choices_reach_the_compiled_model():
     schedule = inner._learning_rate
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
     # 50 batches per trial with 4 micro-batches per update: 13 real updates (README "Step"),
-    # unless the accumulator is Keras' own, whose schedule counts micro-batches (K1).
+    # unless the accumulator is Keras' own, whose schedule counts micro-batches (keras-defects.md#schedule-at-micro-step).
     from tfkit.tuning.hypermodel import _default_accumulator
 
     expected = 50 if getattr(_default_accumulator(), "counts_micro_batches", False) else 13

@@ -1,5 +1,8 @@
+"""``python -m tfkit``: the ``tfkit`` command."""
+
 import sys
 
 from tfkit.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

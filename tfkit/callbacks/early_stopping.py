@@ -19,7 +19,7 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
     """Stop training when a monitored quantity has stopped improving.
 
     A drop-in for ``keras.callbacks.EarlyStopping`` (same arguments, same
-    decisions epoch by epoch) that fixes three defects (DESIGN.md K8):
+    decisions epoch by epoch) that fixes three defects (docs/keras-defects.md#early-stopping-state):
 
     * **Snapshots stay on the device.** With ``restore_best_weights=True`` the
       best weights are copied into ``tf.Variable`` mirrors with ``assign``

@@ -2,7 +2,7 @@
 
 Keras optimizers store ``momentum`` (SGD, RMSprop) and ``beta_1`` (Adam, AdamW,
 Adamax, Nadam, Lion) as Python floats; the traced train step bakes them in as
-constants, and assigning a new float per batch from a callback would both
+constants (docs/keras-defects.md#momentum-not-schedulable), and assigning a new float per batch from a callback would both
 retrace and miss the steps executed inside one ``steps_per_execution`` call.
 
 The schedule is installed in the leaf optimizer's

@@ -20,7 +20,8 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
     """Reduce the learning rate when a monitored quantity stops improving.
 
     Keras' ``ReduceLROnPlateau`` raises ``TypeError`` when the optimizer's
-    learning rate is a ``LearningRateSchedule``, and ``AttributeError`` on a
+    learning rate is a ``LearningRateSchedule``
+    (docs/keras-defects.md#reduce-lr-on-schedule), and ``AttributeError`` on a
     ``MultiOptimizer``. This one works on any optimizer tree: a reduction
     multiplies the ``learning_rate_multiplier`` of every parameter group's
     :class:`tfkit.optimizers.HyperparameterState` by the same factor, so the

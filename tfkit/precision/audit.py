@@ -291,8 +291,8 @@ def _check_optimizer(model: keras.Model, has_float16: bool, findings: list[Findi
                 model.name,
                 "float16 layers are trained without loss scaling: gradients below "
                 "~6e-8 underflow to zero.",
-                "wrap the optimizer: tfkit.precision.LossScaleOptimizer(optimizer) "
-                "(or compile with auto_scale_loss=True).",
+                "compile with tfkit.precision.wrap(optimizer): a bounded "
+                "tfkit.precision.LossScaleOptimizer under mixed_float16.",
                 "no_loss_scaling",
             )
         )
@@ -312,8 +312,8 @@ def _check_optimizer(model: keras.Model, has_float16: bool, findings: list[Findi
                 model.name,
                 "Keras' LossScaleOptimizer has no bounds on the loss scale and does not "
                 "count skipped steps, so neither can be logged.",
-                "compile with tfkit.precision.LossScaleOptimizer(optimizer, min_scale=..., "
-                "max_scale=...).",
+                "compile with tfkit.precision.wrap(optimizer, min_scale=..., max_scale=...) "
+                "(tfkit.precision.LossScaleOptimizer): bounded, skipped steps counted.",
                 "unbounded_loss_scale",
             )
         )

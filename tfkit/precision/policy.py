@@ -8,9 +8,10 @@ the accelerator:
   bfloat16 keeps float32's 8-bit exponent, so gradients neither underflow nor
   overflow any more than in float32 and no loss scaling is needed.
 * compute capability 7.x (Volta, Turing): ``"mixed_float16"``. These tensor
-  cores have no bfloat16; float16's 5-bit exponent needs dynamic loss scaling
-  (Keras' ``Model.compile`` adds it; use :class:`tfkit.precision.LossScaleOptimizer`
-  to bound and observe it).
+  cores have no bfloat16; float16's 5-bit exponent needs dynamic loss scaling.
+  Compile with :func:`tfkit.precision.wrap` ``(optimizer, policy=change)``: it
+  adds tfkit's bounded, observable :class:`~tfkit.precision.LossScaleOptimizer`
+  (left alone, ``Model.compile`` adds Keras' unbounded one).
 * older GPUs, CPU only, or a GPU whose capability is unknown: ``"float32"``.
   16-bit math gives no speed-up there and costs accuracy.
 * no GPU but a TPU: ``"mixed_bfloat16"`` (the TPU's native matmul type).
@@ -111,6 +112,9 @@ def set_policy(policy: str, devices: Sequence[DeviceDescription] | None = None) 
             or ``"auto"`` (see :func:`auto_policy` for the rule).
         devices: device descriptions used by ``"auto"`` only; defaults to the
             devices TensorFlow sees.
+
+    Then compile with ``tfkit.precision.wrap(optimizer, policy=change)`` so
+    that ``"mixed_float16"`` gets tfkit's bounded loss scaler, not Keras'.
 
     Returns:
         A :class:`PolicyChange`: ``.name`` is the policy applied. The change is

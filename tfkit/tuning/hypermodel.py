@@ -105,7 +105,7 @@ _POLICIES = ("float32", "mixed_float16", "mixed_bfloat16", "bfloat16", "float16"
 def _keras_accumulator(optimizer, steps: int):
     """Keras' built-in accumulation (``gradient_accumulation_steps``).
 
-    Caveat (DESIGN.md K1): Keras evaluates a LearningRateSchedule at the raw
+    Caveat (docs/keras-defects.md#schedule-at-micro-step): Keras evaluates a LearningRateSchedule at the raw
     micro-batch counter, so decaying schedules run ``steps`` times too fast.
     ``_default_accumulator`` prefers tfkit's GradientAccumulator when present.
     """
@@ -181,7 +181,7 @@ def _make_class():
             accumulation_steps: micro-batches per update to choose from; default ``(1,)``.
             accumulator: ``(optimizer, steps) -> optimizer`` used when steps > 1;
                 default tfkit's ``GradientAccumulator`` if installed, else Keras'
-                built-in ``gradient_accumulation_steps`` (see DESIGN.md K1).
+                built-in ``gradient_accumulation_steps`` (see docs/keras-defects.md#schedule-at-micro-step).
             compile_kwargs: extra ``model.compile`` arguments (e.g. ``jit_compile``).
             name, tunable: as ``keras_tuner.HyperModel``.
 

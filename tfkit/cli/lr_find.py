@@ -1,8 +1,8 @@
 """``tfkit lr-find``: the learning-rate range test on the quickstart model and digits data.
 
-Runs :func:`tfkit.tuning.lr_find.lr_find` on the model of
-``examples/quickstart.py`` (rebuilt here so the package does not depend on
-``examples/``) trained on scikit-learn's offline digits data, writes the
+Runs :func:`tfkit.tuning.lr_find.lr_find` on the quickstart model
+(:func:`tfkit.cli.quickstart_model.build_model`, without recomputation, the
+model ``examples/quickstart.py`` trains) on scikit-learn's offline digits data, writes the
 curve to a PNG and prints both suggestions. Exit status 0 when a rate is
 suggested, 1 when the sweep found none (the reason is printed).
 """
@@ -34,35 +34,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def build_quickstart_model(num_classes: int = 10):
-    """The model of ``examples/quickstart.py`` (without recomputation): a residual conv net.
-
-    8x8x1 -> Conv 32 -> 2 x [x + Conv(Dropout(Conv(x)))] -> max-pool -> softmax.
-    """
-    import keras
-
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
-    for i in range(2):
-        block = keras.Sequential(
-            [
-                keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-                keras.layers.Dropout(0.1),
-                keras.layers.Conv2D(32, 3, padding="same"),
-            ],
-            name=f"block_{i}",
-        )
-        x = keras.layers.Activation("relu")(keras.layers.Add()([x, block(x)]))
-    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
-    return keras.Model(inputs, outputs)
-
-
 def _digits(seed: int):
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # optional extra "examples"
-        raise ValueError(
+        raise ImportError(
             "the digits data needs scikit-learn: pip install 'tfkit[examples]'"
         ) from err
     import numpy as np
@@ -77,11 +53,12 @@ def _digits(seed: int):
 def run(args: argparse.Namespace) -> int:
     import keras
 
+    from tfkit.cli.quickstart_model import build_model
     from tfkit.tuning.lr_find import lr_find
 
     keras.utils.set_random_seed(args.seed)
     x, y = _digits(args.seed)
-    model = build_quickstart_model()
+    model = build_model(recompute=False)
     model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     result = lr_find(
         model,
