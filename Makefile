@@ -51,7 +51,7 @@ test-compat: test-oldest test-newest
 test-oldest: $(OLDEST)/.installed
 	TFKIT_COMPAT=oldest $(OLDEST)/bin/python -m pytest $(COMPAT_ARGS)
 
-test-newest: $(VENV)/.installed-test+examples+tuner
+test-newest: $(VENV)/.installed-test+examples+tuner+tensorboard
 	TFKIT_COMPAT=newest $(BIN)/python -m pytest $(COMPAT_ARGS)
 
 # What a user gets from `pip install .`: a clean venv, no editable install, run
@@ -70,11 +70,11 @@ install-check:
 demo: $(VENV)/.installed-examples
 	$(BIN)/python examples/quickstart.py
 
-test: $(VENV)/.installed-test+examples+tuner
+test: $(VENV)/.installed-test+examples+tuner+tensorboard
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-full: $(VENV)/.installed-test+examples+tuner
+test-full: $(VENV)/.installed-test+examples+tuner+tensorboard
 	$(BIN)/ruff check .
 	TFKIT_FULL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)  # full matrix and variants
 
