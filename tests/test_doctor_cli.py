@@ -112,6 +112,6 @@ def test_help_lists_the_command(capsys):
 
 def test_check_ids_in_help_match_the_api():
     from tfkit import doctor
-    from tfkit.doctor import cli
+    from tfkit.cli import doctor as cli
 
     assert cli._CHECK_IDS == doctor.ALL_CHECKS

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import re
 import sys
@@ -25,10 +24,7 @@ import tempfile
 from tfkit._version import __version__
 
 # Modules providing subcommands, in the order `tfkit --help` lists them.
-COMMAND_MODULES = ("tfkit.cli.info", "tfkit.cli.plot", "tfkit.cli.lr_find")
-# Subcommands that live with the package they belong to, registered when that
-# package is present (package name, module with register()).
-_PACKAGE_COMMANDS = (("tfkit.doctor", "tfkit.doctor.cli"),)
+COMMAND_MODULES = ("tfkit.cli.info", "tfkit.cli.plot", "tfkit.cli.lr_find", "tfkit.cli.doctor")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -44,11 +40,7 @@ def _one_line(text: str) -> str:
 
 def command_modules() -> list[str]:
     """The modules whose ``register`` builds the ``tfkit`` subcommands."""
-    names = list(COMMAND_MODULES)
-    for package, module in _PACKAGE_COMMANDS:
-        if importlib.util.find_spec(package) is not None:
-            names.append(module)
-    return names
+    return list(COMMAND_MODULES)
 
 
 def build_parser() -> ArgumentParser:

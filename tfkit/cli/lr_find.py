@@ -34,30 +34,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _digits(seed: int):
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:  # optional extra "examples"
-        raise ImportError(
-            "the digits data needs scikit-learn: pip install 'tfkit[examples]'"
-        ) from err
-    import numpy as np
-
-    data = load_digits()
-    x = (data.images[..., None] / 16.0).astype("float32")
-    y = data.target.astype("int32")
-    order = np.random.default_rng(seed).permutation(len(x))
-    return x[order], y[order]
-
-
 def run(args: argparse.Namespace) -> int:
     import keras
 
-    from tfkit.cli.quickstart_model import build_model
+    from tfkit.cli.quickstart_model import build_model, digits
     from tfkit.tuning.lr_find import lr_find
 
     keras.utils.set_random_seed(args.seed)
-    x, y = _digits(args.seed)
+    x, y = digits(args.seed)
     model = build_model(recompute=False)
     model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     result = lr_find(

@@ -1,6 +1,7 @@
 """The quickstart model: a small residual conv net for 8x8 digits.
 
-One definition shared by ``tfkit lr-find`` and ``examples/quickstart.py``. It
+One definition shared by ``tfkit lr-find``, ``tfkit doctor`` and
+``examples/quickstart.py``, with the digits data the commands train on. It
 lives in the package because an installed tfkit has no ``examples/`` to
 import from; the example imports it from here.
 """
@@ -44,3 +45,20 @@ def build_model(width: int = 32, blocks: int = 2, recompute: bool = True, num_cl
     # Softmax and loss in float32 whatever the policy (tfkit.precision.audit checks it).
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs)
+
+
+def digits(seed: int):
+    """scikit-learn's offline digits as 8x8x1 images in [0, 1] and int labels, shuffled by ``seed``."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # optional extra "examples"
+        raise ImportError(
+            "the digits data needs scikit-learn: pip install 'tfkit[examples]'"
+        ) from err
+    import numpy as np
+
+    data = load_digits()
+    x = (data.images[..., None] / 16.0).astype("float32")
+    y = data.target.astype("int32")
+    order = np.random.default_rng(seed).permutation(len(x))
+    return x[order], y[order]

@@ -8,7 +8,7 @@ The model and its optimizer are left bit for bit as they were. Check ids and
 thresholds: ``docs/doctor.md``.
 
 The names below are imported on first use, so that ``tfkit doctor --help``
-(which imports :mod:`tfkit.doctor.cli`) does not load TensorFlow.
+(:mod:`tfkit.cli.doctor`) does not load TensorFlow.
 """
 
 from __future__ import annotations

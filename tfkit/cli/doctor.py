@@ -62,11 +62,11 @@ def _load(args):
     import tfkit  # noqa: F401 - registers tfkit objects before a model is loaded
 
     if args.model is None:
-        from tfkit.tuning.cli import _digits, build_quickstart_model
+        from tfkit.cli.quickstart_model import build_model, digits
 
         keras.utils.set_random_seed(args.seed)
-        x, y = _digits(args.seed)
-        model = build_quickstart_model()
+        x, y = digits(args.seed)
+        model = build_model(recompute=False)
         model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
         return model, (x, y)
     for flag, path, suffix in (("--model", args.model, ".keras"), ("--data", args.data, ".npz")):
