@@ -33,8 +33,16 @@ from conftest import FULL, ROOT
 
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 TOTAL_BATCHES = 48  # 4 epochs of 12
-STAGES = ("model.npz", "metrics.npz", "optimizer.npz", "callbacks", "progress.json",
-          "manifest.json", "commit", "cleanup")
+STAGES = (
+    "model.npz",
+    "metrics.npz",
+    "optimizer.npz",
+    "callbacks",
+    "progress.json",
+    "manifest.json",
+    "commit",
+    "cleanup",
+)
 DAMAGES = ("flip_model", "truncate_progress", "drop_manifest", "bad_batches", "flip_optimizer")
 
 
@@ -47,7 +55,9 @@ def _scenarios(count: int, seed: int = 2026) -> list[tuple]:
         if kind == "batch":
             kills = [("batch", int(rng.integers(1, TOTAL_BATCHES + 1)))]
         elif kind == "save":
-            kills = [("save", f"{int(rng.integers(1, 10))}:{STAGES[int(rng.integers(len(STAGES)))]}")]
+            kills = [
+                ("save", f"{int(rng.integers(1, 10))}:{STAGES[int(rng.integers(len(STAGES)))]}")
+            ]
         elif kind == "time":
             kills = [("time", float(rng.uniform(0.0, 1.0)))]
         elif kind == "twice":
@@ -57,13 +67,19 @@ def _scenarios(count: int, seed: int = 2026) -> list[tuple]:
                 if k == "batch":
                     kills.append(("batch", int(rng.integers(1, TOTAL_BATCHES + 1))))
                 elif k == "save":
-                    kills.append(("save", f"{int(rng.integers(1, 5))}:"
-                                          f"{STAGES[int(rng.integers(len(STAGES)))]}"))
+                    kills.append(
+                        (
+                            "save",
+                            f"{int(rng.integers(1, 5))}:{STAGES[int(rng.integers(len(STAGES)))]}",
+                        )
+                    )
                 else:
                     kills.append(("time", float(rng.uniform(0.0, 1.0))))
         else:
-            kills = [("batch", int(rng.integers(12, TOTAL_BATCHES + 1))),
-                     ("damage", DAMAGES[int(rng.integers(len(DAMAGES)))])]
+            kills = [
+                ("batch", int(rng.integers(12, TOTAL_BATCHES + 1))),
+                ("damage", DAMAGES[int(rng.integers(len(DAMAGES)))]),
+            ]
         out.append((f"{i:02d}-{kind}", kills))
     return out
 
@@ -89,8 +105,9 @@ def _run(root, backup, out, *args, fault=None, kill_after=None, timeout=300):
     """Run the worker; with ``kill_after`` (seconds after training starts) SIGKILL it then."""
     cmd = [sys.executable, WORKER, str(backup), str(out), *map(str, args)]
     with open(str(out) + ".stderr", "w") as err:
-        proc = subprocess.Popen(cmd, env=_env(root, fault), cwd=root, stdout=subprocess.PIPE,
-                                stderr=err, text=True)
+        proc = subprocess.Popen(
+            cmd, env=_env(root, fault), cwd=root, stdout=subprocess.PIPE, stderr=err, text=True
+        )
         if kill_after is not None:
             for line in proc.stdout:
                 if line.startswith("TRAINING"):
@@ -147,7 +164,9 @@ def _damage(backup, how):
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reference")
     start = time.monotonic()
-    assert _run(ROOT, tmp / "backup", tmp / "ref.npz") == 0, (tmp / "ref.npz.stderr").read_text()[-3000:]
+    assert _run(ROOT, tmp / "backup", tmp / "ref.npz") == 0, (tmp / "ref.npz.stderr").read_text()[
+        -3000:
+    ]
     return _weights(tmp / "ref.npz"), time.monotonic() - start
 
 
@@ -170,7 +189,10 @@ def test_killed_runs_resume_exactly(tmp_path, root, reference, label, kills):
             code = _run(root, backup, out, *args, fault=value)
         else:  # a fraction of the uninterrupted run's time (import time excluded roughly)
             code = _run(root, backup, out, *args, kill_after=value * ref_seconds * 0.6)
-        assert code in (0, -signal.SIGKILL), (str(out) + ".stderr", open(str(out) + ".stderr").read()[-3000:])
+        assert code in (0, -signal.SIGKILL), (
+            str(out) + ".stderr",
+            open(str(out) + ".stderr").read()[-3000:],
+        )
         if code == 0:
             out.unlink()  # finished before the kill: the next run starts afresh, still exact
     assert _run(root, backup, out, *args) == 0, open(str(out) + ".stderr").read()[-3000:]
@@ -183,4 +205,7 @@ def test_killed_runs_resume_exactly(tmp_path, root, reference, label, kills):
     report = os.environ.get("TFKIT_KILL_REPORT")
     if report:
         with open(report, "a") as f:
-            f.write(json.dumps({"scenario": label, "kills": kills, "damaged_detected": info["damaged"]}) + "\n")
+            f.write(
+                json.dumps({"scenario": label, "kills": kills, "damaged_detected": info["damaged"]})
+                + "\n"
+            )

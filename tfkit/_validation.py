@@ -35,7 +35,11 @@ def _scalar(owner: str, name: str, value):
     """NumPy scalars, 0-d arrays and scalar tensors as the equivalent Python scalar."""
     if isinstance(value, np.generic):
         return value.item()
-    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, numbers.Number):
+    if (
+        hasattr(value, "shape")
+        and hasattr(value, "dtype")
+        and not isinstance(value, numbers.Number)
+    ):
         if len(getattr(value, "shape", ())) != 0:
             fail(owner, name, value, "a scalar", TypeError)
         return np.asarray(value).item()
@@ -49,31 +53,36 @@ def check_bool(owner: str, name: str, value) -> bool:
 
 
 def check_int(
-    owner: str, name: str, value, *, low: int | None = None, high: int | None = None,
+    owner: str,
+    name: str,
+    value,
+    *,
+    low: int | None = None,
+    high: int | None = None,
     max_value: int = INT64_MAX,
 ) -> int:
-    """An integer in ``[low, high]`` that fits ``max_value`` (the graph dtype's maximum).
-
-    Integral floats (``3.0``) are accepted as integers, as Keras does for counts.
-    """
+    """An integer (Python or NumPy) in ``[low, high]`` that fits ``max_value`` (the graph dtype's)."""
     value = _scalar(owner, name, value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         fail(owner, name, value, "an integer", TypeError)
-    if not isinstance(value, numbers.Integral):
-        if not (math.isfinite(value) and float(value).is_integer()):
-            fail(owner, name, value, "an integer", TypeError)
     value = int(value)
     top = max_value if high is None else min(high, max_value)
     if (low is not None and value < low) or value > top or value < -max_value - 1:
         lo = "-inf" if low is None else str(low)
-        fail(owner, name, value if abs(value) < 10**30 else _short(value),
-             f"an integer in [{lo}, {top}]")
+        fail(owner, name, _Shown(value), f"an integer in [{lo}, {top}]")
     return value
 
 
 def check_float(
-    owner: str, name: str, value, *, low: float | None = None, low_open: bool = False,
-    high: float | None = None, high_open: bool = False, float_dtype: str | None = None,
+    owner: str,
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    high_open: bool = False,
+    float_dtype: str | None = None,
 ) -> float:
     """A finite real number in the given range, representable in ``float_dtype`` if given."""
     value = _scalar(owner, name, value)
@@ -82,11 +91,16 @@ def check_float(
     try:
         number = float(value)
     except OverflowError:
-        fail(owner, name, _short(value), "a finite number")
+        fail(owner, name, _Shown(value), "a finite number")
     if not math.isfinite(number):
         fail(owner, name, value, "a finite number")
     if float_dtype is not None and abs(number) > float(np.finfo(float_dtype).max):
-        fail(owner, name, value, f"representable in {float_dtype} (|x| <= {np.finfo(float_dtype).max:g})")
+        fail(
+            owner,
+            name,
+            value,
+            f"representable in {float_dtype} (|x| <= {np.finfo(float_dtype).max:g})",
+        )
     bad_low = low is not None and (number <= low if low_open else number < low)
     bad_high = high is not None and (number >= high if high_open else number > high)
     if bad_low or bad_high:
@@ -103,8 +117,13 @@ def check_choice(owner: str, name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def _short(value) -> str:
-    """A huge integer shown by its size (``10**400`` would fill the message)."""
-    if isinstance(value, numbers.Integral) and abs(int(value)) >= 10**30:
-        return f"<integer with {len(str(abs(int(value))))} digits>"
-    return repr(value)
+class _Shown:
+    """A value for a message; a huge integer is shown by its size (``10**400`` fills a page)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        if isinstance(self.value, numbers.Integral) and abs(int(self.value)) >= 10**30:
+            return f"{'-' if self.value < 0 else ''}<an integer of {len(str(abs(int(self.value))))} digits>"
+        return repr(self.value)

@@ -103,6 +103,11 @@ class TrainStep:
         self.loss = _as_loss(loss)
         self.optimizer = optimizer
         self.jit_compile = jit_compile
+        if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+            raise TypeError(
+                "`strategy` must be a tf.distribute.Strategy or None; "
+                f"received strategy={strategy!r} of type {type(strategy).__name__}"
+            )
         self.strategy = strategy or tf.distribute.get_strategy()
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)
         self._function = tf.function(self._distributed_step)

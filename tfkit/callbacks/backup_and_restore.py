@@ -30,8 +30,10 @@ def _plain(variable):
 
 
 def _signature(variables) -> list:
-    return [[list(map(int, v.shape)), np.dtype(keras.backend.standardize_dtype(v.dtype)).str]
-            for v in variables]
+    return [
+        [list(map(int, v.shape)), np.dtype(keras.backend.standardize_dtype(v.dtype)).str]
+        for v in variables
+    ]
 
 
 def _npz_bytes(variables) -> bytes:
@@ -118,8 +120,12 @@ class BackupAndRestore(keras.callbacks.Callback):
             if isinstance(save_freq, str):
                 _validation.fail(owner, "save_freq", save_freq, "'epoch' or an integer >= 1")
             save_freq = _validation.check_int(owner, "save_freq", save_freq, low=1)
-        self.double_checkpoint = _validation.check_bool(owner, "double_checkpoint", double_checkpoint)
-        self.delete_checkpoint = _validation.check_bool(owner, "delete_checkpoint", delete_checkpoint)
+        self.double_checkpoint = _validation.check_bool(
+            owner, "double_checkpoint", double_checkpoint
+        )
+        self.delete_checkpoint = _validation.check_bool(
+            owner, "delete_checkpoint", delete_checkpoint
+        )
         if isinstance(callbacks, str) or not hasattr(callbacks, "__iter__"):
             _validation.fail(owner, "callbacks", callbacks, "a list of callbacks", TypeError)
         callbacks = list(callbacks)
@@ -148,7 +154,8 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def get_config(self) -> dict:
         return {
-            "backup_dir": self.backup_dir, "save_freq": self.save_freq,
+            "backup_dir": self.backup_dir,
+            "save_freq": self.save_freq,
             "double_checkpoint": self.double_checkpoint,
             "delete_checkpoint": self.delete_checkpoint,
         }
@@ -202,16 +209,21 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self.stateful_callbacks:
             self._callback_checkpoint().write(os.path.join(temp, "callbacks"))
             fault.hit("callbacks")
-        progress = {"epoch": int(epoch), "batches_done": int(batches_done),
-                    "callbacks": len(self.stateful_callbacks)}
+        progress = {
+            "epoch": int(epoch),
+            "batches_done": int(batches_done),
+            "callbacks": len(self.stateful_callbacks),
+        }
         progress.update({key: _signature(variables) for key, variables in groups.items()})
-        _atomic.write_bytes(os.path.join(temp, "progress.json"), json.dumps(progress).encode(), fault)
+        _atomic.write_bytes(
+            os.path.join(temp, "progress.json"), json.dumps(progress).encode(), fault
+        )
         _atomic.write_manifest(temp, fault)
         fault.hit("commit")
         _atomic.commit(temp, os.path.join(self.backup_dir, f"backup-{number:012d}"))
         fault.hit("cleanup")
         keep = 2 if self.double_checkpoint else 1
-        for _, path in backups[keep - 1:]:
+        for _, path in backups[keep - 1 :]:
             _atomic.remove_tree(path)
 
     # -- what is read back ---------------------------------------------------
@@ -241,7 +253,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         arrays = {}
         for key, variables in groups.items():
             if progress[key] != _signature(variables):
-                raise _Damaged(f"its {key} variables (count, shapes, dtypes) differ from this model's")
+                raise _Damaged(
+                    f"its {key} variables (count, shapes, dtypes) differ from this model's"
+                )
             try:
                 with np.load(os.path.join(path, f"{key}.npz"), allow_pickle=False) as f:
                     values = [f[f"arr_{i}"] for i in range(len(variables))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfkit import _validation
 from tfkit.callbacks._optimizer_access import base_optimizer, last_used_learning_rate, to_numpy
 from tfkit.callbacks.momentum import ScheduledHyperparameter
 from tfkit.optimizers import optimizer_chain
@@ -91,7 +92,7 @@ class HyperparameterLogger(keras.callbacks.Callback):
                             f"received chain_attributes={chain_attributes!r}.")
         if not isinstance(prefix, str):
             raise TypeError(f"HyperparameterLogger: `prefix` must be a string; received prefix={prefix!r}.")
-        self.per_batch = per_batch
+        self.per_batch = _validation.check_bool("HyperparameterLogger", "per_batch", per_batch)
         # Without per-batch work, let Keras dispatch batch callbacks asynchronously.
         self.async_safe = not per_batch
         self.chain_attributes = tuple(chain_attributes)

@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _validation
+
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
 _DTYPES = ("float32", "float64")
@@ -99,14 +101,18 @@ def check_number(
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kind = "an integer" if integer else "a number"
         _fail(owner, name, value, kind, TypeError)
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float range (10**400): not a bare OverflowError
+        _fail(owner, name, _validation._Shown(value), "a finite number that fits a float64")
     if integer:
-        if isinstance(value, float) and not value.is_integer() or not math.isfinite(value):
+        if isinstance(value, float) and not value.is_integer() or not finite:
             _fail(owner, name, value, "an integer", TypeError)
         value = int(value)
     else:
         # Integers stay integers (step counts read better in configs); the rest is float.
         value = int(value) if isinstance(value, numbers.Integral) else float(value)
-        if not math.isfinite(value):
+        if not finite:
             _fail(owner, name, value, "finite")
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)
@@ -136,10 +142,7 @@ def check_choice(owner: str, name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def check_bool(owner: str, name: str, value) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        _fail(owner, name, value, "True or False", TypeError)
-    return bool(value)
+check_bool = _validation.check_bool
 
 
 def check_name(owner: str, name) -> str | None:
