@@ -153,12 +153,17 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.damaged_backups = []  # (path, reason) of backups skipped on the last resume
 
     def get_config(self) -> dict:
+        """Constructor arguments except ``callbacks`` (live objects, passed again on load)."""
         return {
             "backup_dir": self.backup_dir,
             "save_freq": self.save_freq,
             "double_checkpoint": self.double_checkpoint,
             "delete_checkpoint": self.delete_checkpoint,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> BackupAndRestore:
+        return cls(**config)
 
     # -- what is saved -------------------------------------------------------
     def _optimizer(self):
