@@ -87,7 +87,11 @@ class HyperparameterLogger(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(per_batch, bool):
             raise TypeError(f"HyperparameterLogger: `per_batch` must be a bool; received per_batch={per_batch!r}.")
-        if isinstance(chain_attributes, str) or not all(isinstance(a, str) for a in chain_attributes):
+        if (
+            isinstance(chain_attributes, str)
+            or not hasattr(chain_attributes, "__iter__")
+            or not all(isinstance(a, str) for a in chain_attributes)
+        ):
             raise TypeError("HyperparameterLogger: `chain_attributes` must be a sequence of attribute names; "
                             f"received chain_attributes={chain_attributes!r}.")
         if not isinstance(prefix, str):

@@ -31,6 +31,7 @@ import math
 import keras
 import tensorflow as tf
 
+from tfkit import _validation
 from tfkit.callbacks._optimizer_access import base_optimizer, refresh_train_function
 
 __all__ = [
@@ -61,6 +62,7 @@ class ScheduledHyperparameter(float):
     dtype = float
 
     def __new__(cls, nominal: float, schedule, optimizer):
+        nominal = _validation.check_float("ScheduledHyperparameter", "nominal", nominal)
         obj = super().__new__(cls, nominal)
         obj.schedule = schedule
         obj.optimizer = optimizer
