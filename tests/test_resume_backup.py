@@ -247,3 +247,15 @@ def test_mirrored_strategy_run_resumes_exactly(tmp_path, mirrored_strategy):
     model = run([backup])
     assert backup.skipped_batches == 4
     _assert_same(model, expected)
+
+
+def test_damaged_backup_is_not_kept_as_the_previous_one(tmp_path):
+    names = _interrupted(tmp_path, 13, save_freq=3, double_checkpoint=True)
+    _flip_byte(tmp_path / names[-1] / "model.npz")
+    model = _model()
+    with pytest.warns(RuntimeWarning, match="skipping damaged backup"):
+        with pytest.raises(_Stop):  # one more backup, then stopped again
+            _fit(model, BackupAndRestore(tmp_path, save_freq=3, double_checkpoint=True), 5)
+    kept = sorted(n for n in os.listdir(tmp_path) if n.startswith("backup-"))
+    assert kept == [names[0], "backup-000000000004"]
+    assert all(_atomic.verify(str(tmp_path / n)) is None for n in kept)

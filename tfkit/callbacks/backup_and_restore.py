@@ -227,8 +227,12 @@ class BackupAndRestore(keras.callbacks.Callback):
         fault.hit("commit")
         _atomic.commit(temp, os.path.join(self.backup_dir, f"backup-{number:012d}"))
         fault.hit("cleanup")
+        # Older backups go only now, after the commit; damaged ones never count
+        # as the kept previous backup.
+        damaged = {path for path, _ in self.damaged_backups}
+        good = [path for _, path in backups if path not in damaged]
         keep = 2 if self.double_checkpoint else 1
-        for _, path in backups[keep - 1 :]:
+        for path in sorted(damaged) + good[keep - 1 :]:
             _atomic.remove_tree(path)
 
     # -- what is read back ---------------------------------------------------
