@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-INT32_MAX = int(np.iinfo(np.int32).max)
 INT64_MAX = int(np.iinfo(np.int64).max)
 
 

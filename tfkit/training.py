@@ -32,6 +32,8 @@ import tensorflow as tf
 from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.losses.losses import LossFunctionWrapper
 
+from tfkit import _validation
+
 __all__ = ["TrainStep"]
 
 
@@ -97,8 +99,7 @@ class TrainStep:
                 "`optimizer` must be a keras.optimizers.Optimizer (or the model must be "
                 f"compiled with one); received {optimizer!r}"
             )
-        if not isinstance(jit_compile, bool):
-            raise TypeError(f"`jit_compile` must be a bool; received {jit_compile!r}")
+        jit_compile = _validation.check_bool("TrainStep", "jit_compile", jit_compile)
         self.model = model
         self.loss = _as_loss(loss)
         self.optimizer = optimizer

@@ -78,8 +78,8 @@ def constant(value: float, dtype: str) -> tf.Tensor:
 # and what is allowed.
 
 
-def _fail(owner: str, name: str, value, allowed: str, exc=ValueError):
-    raise exc(f"{owner}: `{name}` must be {allowed}; received {name}={value!r}.")
+# The generic checks live in tfkit._validation (shared by the whole package).
+_fail = _validation.fail
 
 
 def check_number(
@@ -136,12 +136,7 @@ def check_rate(owner: str, name: str, value, dtype: str) -> float:
     return check_number(owner, name, value, low=0, high=float(np.finfo(dtype).max))
 
 
-def check_choice(owner: str, name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        _fail(owner, name, value, "one of " + ", ".join(repr(c) for c in choices))
-    return value
-
-
+check_choice = _validation.check_choice
 check_bool = _validation.check_bool
 
 
