@@ -183,6 +183,8 @@ def _names_an_argument(message: str, names) -> bool:
     return any(f"`{n}" in message or f"{n}=" in message or f"`{n}[" in message for n in names)
 
 
+# Building a Keras layer draws its seed from `random`; harmless here.
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 @settings(
     max_examples=150 if FULL else 12,
@@ -210,6 +212,12 @@ def test_constructor_refuses_clearly_or_builds_finite(cls, data):
         )
         return
     _check_outputs(obj)
+
+
+def test_schedule_argument_that_is_no_schedule_is_named():
+    for bad in (object(), "not-a-schedule", {"class_name": "Nope"}):
+        with pytest.raises(TypeError, match="`schedule`"):
+            tfkit.schedules.Warmup(bad, 10)
 
 
 def test_every_public_package_is_discovered():

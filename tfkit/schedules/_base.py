@@ -192,6 +192,10 @@ def serialize(schedule) -> dict:
 
 
 def deserialize(config):
-    if isinstance(config, LearningRateSchedule):
+    """A schedule from its config; anything else is returned as is for the caller to refuse."""
+    if not isinstance(config, dict | str):
         return config
-    return keras.saving.deserialize_keras_object(config)
+    try:
+        return keras.saving.deserialize_keras_object(config)
+    except (TypeError, ValueError):
+        return config  # an unparsable config: refused by the caller, naming its argument
