@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import inspect
 import math
+import os
 import tempfile
 
 import keras
@@ -130,7 +131,8 @@ TABLE = {
     "layer": lambda: st.builds(lambda: keras.layers.Dense(3)) | HOSTILE,
     "model": lambda: st.builds(_model) | HOSTILE,
     "loss": lambda: st.sampled_from(["mse", "mae"]) | HOSTILE,
-    "backup_dir": lambda: st.builds(lambda: tempfile.mkdtemp()) | HOSTILE,
+    # Constructors do not touch the disk: a path that need not exist.
+    "backup_dir": lambda: st.just(os.path.join(tempfile.gettempdir(), "tfkit-unused")) | HOSTILE,
     "callbacks": lambda: st.just(()) | HOSTILE,
     "diagnosis_data": lambda: st.just(None) | HOSTILE,
     "strategy": lambda: st.just(None) | st.just(tf.distribute.get_strategy()) | HOSTILE,
