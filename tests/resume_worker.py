@@ -1,11 +1,15 @@
 """Worker for tests/test_resume.py: one training run that may be killed and resumed.
 
-Usage: python resume_worker.py BACKUP_DIR OUT.npz [--kill-at-batch N]
+Usage: python resume_worker.py BACKUP_DIR OUT.npz [--kill-at-batch N] [--save-freq F]
+       [--double-checkpoint]
 
 Trains a small recipe that uses every stateful tfkit piece; with
 --kill-at-batch it sends itself SIGKILL after that many batches (counted over
 the whole run), so nothing gets a chance to clean up. Run again without it,
 the run resumes from BACKUP_DIR and writes the final weights to OUT.npz.
+It prints "TRAINING" when training starts (the kill harness times random kills
+from there). ``_TFKIT_BACKUP_FAULT`` (see tfkit/callbacks/_atomic.py) kills it
+inside a chosen backup write instead.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("backup_dir")
     p.add_argument("out")
     p.add_argument("--kill-at-batch", type=int, default=0)
+    p.add_argument("--save-freq", type=int, default=5)
+    p.add_argument("--double-checkpoint", action="store_true")
     p.add_argument("--keras", action="store_true", help="Keras' own BackupAndRestore (control)")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -79,10 +85,14 @@ def main(argv=None) -> int:
         backup.skipped_batches = -1
     else:
         backup = tfkit.callbacks.BackupAndRestore(
-            args.backup_dir, save_freq=5, callbacks=[stop, plateau]
+            args.backup_dir,
+            save_freq=args.save_freq,
+            callbacks=[stop, plateau],
+            double_checkpoint=args.double_checkpoint,
         )
     callbacks = [
         backup,
+        keras.callbacks.LambdaCallback(on_train_begin=lambda logs: print("TRAINING", flush=True)),
         tfkit.callbacks.MomentumScheduler(schedule.momentum_schedule),
         stop,
         plateau,
@@ -94,6 +104,7 @@ def main(argv=None) -> int:
         args.out,
         *model.get_weights(),
         skipped=backup.skipped_batches,
+        damaged=len(getattr(backup, "damaged_backups", ())),
         multiplier=plateau.multiplier,
         updates=int(model.optimizer.iterations),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import keras
@@ -291,3 +292,60 @@ def test_preempted_fit_resumes_with_same_decisions(tmp_path, crash_after):
     assert resumed.stopped_epoch == reference.stopped_epoch == 4
     assert resumed.best_epoch == reference.best_epoch == 1
     np.testing.assert_array_equal(model.get_weights()[0], reference_model.get_weights()[0])
+
+
+def test_disk_snapshot_is_atomic_and_deleted_when_training_ends(tmp_path, monkeypatch):
+    # Temporary snapshots go under a private temp root, so a leak is visible.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    user_path = tmp_path / "user" / "best.weights.h5"
+    for path in (None, str(user_path)):
+        es = EarlyStopping(patience=10, restore_best_weights=True, snapshot="disk", snapshot_path=path)
+        written = []
+        model = _model()
+        original = model.save_weights
+
+        def spy(filepath, *args, written=written, original=original, **kwargs):
+            written.append(os.path.basename(filepath))
+            return original(filepath, *args, **kwargs)
+
+        model.save_weights = spy
+        scripted = _Scripted([3.0, 1.0, 2.0, 2.5])
+        callbacks = keras.callbacks.CallbackList([scripted, es], model=model)
+        callbacks.on_train_begin()
+        for epoch in range(4):
+            callbacks.on_epoch_begin(epoch)
+            callbacks.on_epoch_end(epoch, {"loss": 1.0})
+        # Never written in place: a temporary file renamed over the snapshot.
+        assert written and all(name.startswith(".tmp-") for name in written)
+        assert os.path.exists(es._snapshot.path)
+        callbacks.on_train_end()
+        np.testing.assert_array_equal(model.layers[0].kernel.numpy(), np.full((2, 1), 2.0))
+        assert os.listdir(tmp_path / "tmp") == []  # no leaked directory or file
+        if path is not None:
+            assert os.listdir(user_path.parent) == []
+
+
+def test_disk_snapshot_in_fit_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    es = EarlyStopping(monitor="loss", patience=1, restore_best_weights=True, snapshot="disk")
+    model = _model()
+    model.fit(np.ones((8, 2)), np.ones((8, 1)), epochs=3, verbose=0, callbacks=[es])
+    model.fit(np.ones((8, 2)), np.ones((8, 1)), epochs=2, verbose=0, callbacks=[es])
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argument", ["restore_best_weights", "stop_on_nonfinite"])
+@pytest.mark.parametrize("value", ["no", 1, None, np.float32(1.0)])
+def test_booleans_only_from_bool(argument, value):
+    with pytest.raises(TypeError, match=f"`{argument}`.*received {argument}="):
+        EarlyStopping(**{argument: value})
+    assert getattr(EarlyStopping(**{argument: np.bool_(True)}), argument) is True
+
+
+def test_numpy_scalars_accepted_like_python_scalars():
+    es = EarlyStopping(patience=np.int64(3), min_delta=np.float32(0.5), start_from_epoch=np.int32(1))
+    assert (es.patience, es.min_delta, es.start_from_epoch) == (3, 0.5, 1)
+    for name in ("patience", "start_from_epoch", "min_delta"):
+        with pytest.raises(ValueError, match=name):
+            EarlyStopping(**{name: 10**400})

@@ -44,6 +44,7 @@ from keras.src.losses.loss import (
 from keras.src.losses.losses import LossFunctionWrapper
 from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
 
+from tfkit import _validation
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
 from tfkit.optimizers.tree import optimizer_chain
@@ -215,13 +216,17 @@ class TrainStep:
                 "`optimizer` must be a keras.optimizers.Optimizer (or the model must be "
                 f"compiled with one); received {optimizer!r}"
             )
-        if not isinstance(jit_compile, bool):
-            raise TypeError(f"`jit_compile` must be a bool; received {jit_compile!r}")
+        jit_compile = _validation.check_bool("TrainStep", "jit_compile", jit_compile)
         self.model = model
         self.loss = _as_loss(loss)
         self.optimizer = optimizer
         attach(model, optimizer)  # tfkit callbacks find the optimizer of an uncompiled model
         self.jit_compile = jit_compile
+        if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+            raise TypeError(
+                "`strategy` must be a tf.distribute.Strategy or None; "
+                f"received strategy={strategy!r} of type {type(strategy).__name__}"
+            )
         self.strategy = strategy or tf.distribute.get_strategy()
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)
         self._function = tf.function(self._distributed_step)

@@ -16,6 +16,7 @@ import numpy as np
 
 MODES = ("auto", "min", "max")
 THRESHOLD_MODES = ("abs", "rel")
+_INT64_MAX = 2**63 - 1
 
 
 def check_choice(owner: str, name: str, value, allowed: tuple) -> None:
@@ -33,8 +34,13 @@ def check_number(
         what = "an integer" if integer else "a number"
         raise TypeError(f"{owner}: `{name}` must be {what}; received {name}={value!r} "
                         f"of type {type(value).__name__}.")
-    if not math.isfinite(value):
-        raise ValueError(f"{owner}: `{name}` must be finite; received {name}={value!r}.")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float range (10**400)
+        finite = False
+    if not finite or (integer and abs(value) > _INT64_MAX):
+        raise ValueError(f"{owner}: `{name}` must be finite and fit an int64/float; "
+                         f"received {name}={value!r:.80}.")
     low_ok = minimum is None or (value >= minimum if min_inclusive else value > minimum)
     high_ok = maximum is None or (value <= maximum if max_inclusive else value < maximum)
     if not (low_ok and high_ok):

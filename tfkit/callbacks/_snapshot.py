@@ -6,7 +6,11 @@ memory as NumPy arrays. Here a snapshot is a list of ``tf.Variable`` mirrors
 created once, on the variables' own devices (under the model's distribution
 strategy), and refreshed with ``assign``: a device-to-device copy, no host
 transfer. For models that do not fit twice in device memory, ``storage="disk"``
-writes ``model.save_weights`` files instead.
+writes ``model.save_weights`` files instead: each snapshot goes to a temporary
+file next to the target, is fsynced and replaces the previous one with one
+atomic ``os.replace`` (a kill mid-write never leaves a half-written snapshot in
+its place), and ``release()`` deletes it (and the temporary directory tfkit
+created for it) when training ends.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import os
 import tempfile
 
 import tensorflow as tf
+
+from tfkit.callbacks import _atomic
 
 STORAGES = ("device", "disk")
 
@@ -86,23 +92,42 @@ class DeviceSnapshot(tf.Module):
     def clear(self) -> None:
         self.taken.assign(0)
 
+    def release(self) -> None:
+        """Nothing to free on disk; the mirrors are reused by the next fit."""
+
 
 class DiskSnapshot:
     """Snapshot written with ``model.save_weights`` (for models too large to hold twice)."""
 
-    def __init__(self, path: str | None = None):
-        if path is not None and not str(path).endswith(".weights.h5"):
+    def __init__(self, path: str | os.PathLike | None = None):
+        if path is not None and (
+            not isinstance(path, str | os.PathLike) or not os.fspath(path).endswith(".weights.h5")
+        ):
             raise ValueError(f"`snapshot_path` must end with '.weights.h5'; received snapshot_path={path!r}.")
-        self.path = path
+        self.requested_path = None if path is None else os.fspath(path)
+        self.path = self.requested_path
+        self._owned_dir = None  # a temporary directory created here, removed by release()
         self._model = None
 
     def bind_model(self, model) -> None:
         self._model = model
         if self.path is None:
-            self.path = os.path.join(tempfile.mkdtemp(prefix="tfkit_snapshot_"), "best.weights.h5")
+            self._owned_dir = tempfile.mkdtemp(prefix="tfkit_snapshot_")
+            self.path = os.path.join(self._owned_dir, "best.weights.h5")
 
     def take(self) -> None:
-        self._model.save_weights(self.path, overwrite=True)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".weights.h5", dir=directory)
+        os.close(fd)
+        try:
+            self._model.save_weights(temp, overwrite=True)
+            _atomic.fsync_path(temp)
+            os.replace(temp, self.path)
+            _atomic.fsync_path(directory)
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
 
     def restore(self) -> bool:
         if not os.path.exists(self.path):
@@ -113,3 +138,11 @@ class DiskSnapshot:
     def clear(self) -> None:
         if self.path and os.path.exists(self.path):
             os.remove(self.path)
+
+    def release(self) -> None:
+        """Delete the snapshot file, and the temporary directory if tfkit created it."""
+        self.clear()
+        if self._owned_dir is not None:
+            _atomic.remove_tree(self._owned_dir)
+            self._owned_dir = None
+            self.path = self.requested_path

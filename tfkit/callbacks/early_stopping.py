@@ -7,6 +7,7 @@ import warnings
 
 import keras
 
+from tfkit import _validation
 from tfkit.callbacks import _monitor
 from tfkit.callbacks._snapshot import STORAGES, DeviceSnapshot, DiskSnapshot
 from tfkit.callbacks._state import CallbackState, MonitorStateMixin
@@ -25,7 +26,9 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
       best weights are copied into ``tf.Variable`` mirrors with ``assign``
       (device to device) instead of ``model.get_weights()`` (a host copy of
       every weight at every improvement). ``snapshot="disk"`` writes
-      ``model.save_weights`` files instead, for models that do not fit twice.
+      ``model.save_weights`` files instead, for models that do not fit twice;
+      each is written to a temporary file and atomically renamed into place,
+      and the file is deleted when training ends.
     * **Non-finite monitor stops at once.** With ``stop_on_nonfinite=True``
       (default) a NaN/inf monitored value stops training in that epoch, and the
       best weights are restored if ``restore_best_weights`` is set.
@@ -108,9 +111,9 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
         self.verbose = verbose
         self.mode = mode
         self.baseline = baseline
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = _validation.check_bool(owner, "restore_best_weights", restore_best_weights)
         self.start_from_epoch = int(start_from_epoch)
-        self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self.stop_on_nonfinite = _validation.check_bool(owner, "stop_on_nonfinite", stop_on_nonfinite)
         self.threshold_mode = threshold_mode
         self.snapshot = snapshot
         self.snapshot_path = snapshot_path
@@ -202,6 +205,9 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
                 "restore (restore_best_weights=False); the model's weights may be non-finite.",
                 stacklevel=2,
             )
+        # A disk snapshot is deleted with its temporary directory: nothing leaks
+        # from one fit to the next (the device mirrors stay for reuse).
+        self._snapshot.release()
         self.state.end()
 
     def get_config(self) -> dict:

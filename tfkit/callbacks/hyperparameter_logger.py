@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfkit import _validation
 from tfkit.optimizers.hyperparameters import (
     HyperparameterState,
     control,
@@ -118,12 +119,16 @@ class HyperparameterLogger(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(per_batch, bool):
             raise TypeError(f"HyperparameterLogger: `per_batch` must be a bool; received per_batch={per_batch!r}.")
-        if isinstance(chain_attributes, str) or not all(isinstance(a, str) for a in chain_attributes):
+        if (
+            isinstance(chain_attributes, str)
+            or not hasattr(chain_attributes, "__iter__")
+            or not all(isinstance(a, str) for a in chain_attributes)
+        ):
             raise TypeError("HyperparameterLogger: `chain_attributes` must be a sequence of attribute names; "
                             f"received chain_attributes={chain_attributes!r}.")
         if not isinstance(prefix, str):
             raise TypeError(f"HyperparameterLogger: `prefix` must be a string; received prefix={prefix!r}.")
-        self.per_batch = per_batch
+        self.per_batch = _validation.check_bool("HyperparameterLogger", "per_batch", per_batch)
         # Without per-batch work, let Keras dispatch batch callbacks asynchronously.
         self.async_safe = not per_batch
         self.chain_attributes = tuple(chain_attributes)

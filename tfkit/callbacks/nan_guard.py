@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _validation
 from tfkit.callbacks._snapshot import DeviceSnapshot
 
 __all__ = ["NaNGuard"]
@@ -84,7 +85,7 @@ class NaNGuard(keras.callbacks.Callback):
             raise TypeError(f"NaNGuard: `monitor` must be a non-empty string; received monitor={monitor!r}.")
         self.diagnosis_data = diagnosis_data
         self.monitor = monitor
-        self.restore = bool(restore)
+        self.restore = _validation.check_bool("NaNGuard", "restore", restore)
         self.report = None
         self._snapshot = DeviceSnapshot("last_good")
         self._check = None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 from keras import ops
+
+from tfkit import _validation
 
 __all__ = ["ScaledSchedule"]
 
@@ -43,9 +43,10 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             raise TypeError("ScaledSchedule: `schedule` must be a keras LearningRateSchedule; "
                             f"received schedule={schedule!r} of type {type(schedule).__name__}.")
-        value = float(multiplier)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"ScaledSchedule: `multiplier` must be finite and > 0; received multiplier={multiplier!r}.")
+        # Held in a float32 variable: 1e39 would silently become inf there.
+        value = _validation.check_float(
+            "ScaledSchedule", "multiplier", multiplier, low=0, low_open=True, float_dtype="float32"
+        )
         self.schedule = schedule
         self.multiplier = tf.Variable(value, dtype=tf.float32, trainable=False, name="lr_multiplier")
 

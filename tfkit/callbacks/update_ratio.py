@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _validation
 from tfkit.callbacks import _monitor
 from tfkit.callbacks._snapshot import DeviceSnapshot
 
@@ -59,7 +60,7 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
         self.frequency = int(frequency)
         self.low = float(low)
         self.high = float(high)
-        self.per_batch = bool(per_batch)
+        self.per_batch = _validation.check_bool(owner, "per_batch", per_batch)
         self.history: list[dict] = []
         self._snapshot = DeviceSnapshot("before_update")
         self._measure = None

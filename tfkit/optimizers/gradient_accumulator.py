@@ -27,6 +27,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfkit import _validation
+
 __all__ = ["GradientAccumulator"]
 
 
@@ -260,17 +262,10 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                 "let GradientAccumulator accumulate, otherwise gradients are "
                 "accumulated twice."
             )
-        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int):
-            raise TypeError(
-                "`accumulation_steps` must be a Python int >= 1, received "
-                f"accumulation_steps={accumulation_steps!r} "
-                f"of type {type(accumulation_steps).__name__}."
-            )
-        if accumulation_steps < 1:
-            raise ValueError(
-                "`accumulation_steps` must be an int >= 1, received "
-                f"accumulation_steps={accumulation_steps}."
-            )
+        # An int64 micro-step counter is compared with it in the graph.
+        accumulation_steps = _validation.check_int(
+            "GradientAccumulator", "accumulation_steps", accumulation_steps, low=1
+        )
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
         self.accumulation_steps = accumulation_steps

@@ -19,7 +19,6 @@ without the counter; this class subclasses it, so ``Model.compile`` under
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import keras
@@ -123,18 +122,24 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 f"Received: inner_optimizer={inner_optimizer!r} "
                 f"of type {type(inner_optimizer).__name__}"
             )
+        # Normal float32 values: the scale lives in a float32 variable, and a
+        # subnormal or zero minimum lets the scale reach 0 (then 0 * inf = NaN).
+        tiny, huge = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
         for arg, value in (
             ("initial_scale", initial_scale),
             ("min_scale", min_scale),
             ("max_scale", max_scale),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise ValueError(f"`{arg}` must be a finite number > 0. Received: {arg}={value!r}")
+            try:
+                ok = (not isinstance(value, bool) and isinstance(value, numbers.Real)
+                      and tiny <= float(value) <= huge)
+            except OverflowError:  # an int beyond float range (10**400)
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"`{arg}` must be a finite, normal float32 number in [{tiny:g}, {huge:g}]. "
+                    f"Received: {arg}={value!r:.80}"
+                )
         if not min_scale <= initial_scale <= max_scale:
             raise ValueError(
                 "Loss-scale bounds must satisfy min_scale <= initial_scale <= max_scale. "
@@ -144,11 +149,11 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         if (
             isinstance(dynamic_growth_steps, bool)
             or not isinstance(dynamic_growth_steps, numbers.Integral)
-            or dynamic_growth_steps < 1
+            or not 1 <= dynamic_growth_steps <= np.iinfo(np.int64).max
         ):
             raise ValueError(
-                "`dynamic_growth_steps` must be an integer >= 1. "
-                f"Received: dynamic_growth_steps={dynamic_growth_steps!r}"
+                "`dynamic_growth_steps` must be an integer in [1, 2**63 - 1] (an int64 counter). "
+                f"Received: dynamic_growth_steps={dynamic_growth_steps!r:.80}"
             )
         for wrapped in optimizer_chain(inner_optimizer):
             if isinstance(wrapped, keras.optimizers.LossScaleOptimizer):

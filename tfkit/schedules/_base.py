@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _validation
+
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
 _DTYPES = ("float32", "float64")
@@ -97,8 +99,8 @@ def constant(value: float, dtype: str) -> tf.Tensor:
 # and what is allowed.
 
 
-def _fail(owner: str, name: str, value, allowed: str, exc=ValueError):
-    raise exc(f"{owner}: `{name}` must be {allowed}; received {name}={value!r}.")
+# The generic checks live in tfkit._validation (shared by the whole package).
+_fail = _validation.fail
 
 
 def check_number(
@@ -120,14 +122,18 @@ def check_number(
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kind = "an integer" if integer else "a number"
         _fail(owner, name, value, kind, TypeError)
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float range (10**400): not a bare OverflowError
+        _fail(owner, name, _validation._Shown(value), "a finite number that fits a float64")
     if integer:
-        if isinstance(value, float) and not value.is_integer() or not math.isfinite(value):
+        if isinstance(value, float) and not value.is_integer() or not finite:
             _fail(owner, name, value, "an integer", TypeError)
         value = int(value)
     else:
         # Integers stay integers (step counts read better in configs); the rest is float.
         value = int(value) if isinstance(value, numbers.Integral) else float(value)
-        if not math.isfinite(value):
+        if not finite:
             _fail(owner, name, value, "finite")
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)
@@ -151,16 +157,8 @@ def check_rate(owner: str, name: str, value, dtype: str) -> float:
     return check_number(owner, name, value, low=0, high=float(np.finfo(dtype).max))
 
 
-def check_choice(owner: str, name: str, value, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        _fail(owner, name, value, "one of " + ", ".join(repr(c) for c in choices))
-    return value
-
-
-def check_bool(owner: str, name: str, value) -> bool:
-    if not isinstance(value, bool | np.bool_):
-        _fail(owner, name, value, "True or False", TypeError)
-    return bool(value)
+check_choice = _validation.check_choice
+check_bool = _validation.check_bool
 
 
 def check_name(owner: str, name) -> str | None:
@@ -215,6 +213,10 @@ def serialize(schedule) -> dict:
 
 
 def deserialize(config):
-    if isinstance(config, LearningRateSchedule):
+    """A schedule from its config; anything else is returned as is for the caller to refuse."""
+    if not isinstance(config, dict | str):
         return config
-    return keras.saving.deserialize_keras_object(config)
+    try:
+        return keras.saving.deserialize_keras_object(config)
+    except (TypeError, ValueError):
+        return config  # an unparsable config: refused by the caller, naming its argument

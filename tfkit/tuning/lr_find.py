@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from collections.abc import Iterator
 
@@ -171,6 +172,14 @@ def _batches(data, batch_size: int | None, seed: int) -> Iterator:
     n = len(tf.nest.flatten(arrays[0])[0])
     if n == 0:
         raise ValueError("lr_find: `data` holds 0 examples")
+    for label, part in zip(("x", "y", "sample_weight"), arrays, strict=True):
+        for array in [] if part is None else tf.nest.flatten(part):
+            if np.ndim(array) == 0 or len(array) != n:
+                raise ValueError(
+                    "lr_find: every array of `data` must hold the same number of examples; "
+                    f"x has {n}, {label} has "
+                    f"{'a scalar' if np.ndim(array) == 0 else len(array)}"
+                )
     batch_size = 32 if batch_size is None else batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"lr_find: `batch_size` must be an int >= 1, received {batch_size!r}")
@@ -198,20 +207,27 @@ def _micro_batches_per_update(optimizer) -> int:
     return 1
 
 
+def _finite(value) -> bool:
+    """A finite real number (Python or NumPy); False for 10**400 instead of OverflowError."""
+    try:
+        return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_args(min_lr, max_lr, steps, beta, divergence_threshold) -> None:
     for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
-        bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
-        if bad_type or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"lr_find: `{name}` must be a finite number > 0, received {value!r}")
+        if not _finite(value) or value <= 0:
+            raise ValueError(f"lr_find: `{name}` must be a finite number > 0, received {value!r:.80}")
     if min_lr >= max_lr:
         raise ValueError(
             f"lr_find: `min_lr` must be < `max_lr`, received min_lr={min_lr!r}, max_lr={max_lr!r}"
         )
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
-        raise ValueError(f"lr_find: `steps` must be an int >= 2, received {steps!r}")
-    if not 0 <= beta < 1:
-        raise ValueError(f"lr_find: `beta` must be in [0, 1), received {beta!r}")
-    if not divergence_threshold > 1:
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or not 2 <= steps < 2**63:
+        raise ValueError(f"lr_find: `steps` must be an int >= 2 (and < 2**63), received {steps!r:.80}")
+    if not _finite(beta) or not 0 <= beta < 1:
+        raise ValueError(f"lr_find: `beta` must be in [0, 1), received {beta!r:.80}")
+    if not _finite(divergence_threshold) or not divergence_threshold > 1:
         raise ValueError(
             f"lr_find: `divergence_threshold` must be > 1, received {divergence_threshold!r}"
         )
