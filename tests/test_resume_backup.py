@@ -98,7 +98,8 @@ def test_backup_layout_holds_every_optimizer_variable(tmp_path):
     model = _model()
     model.optimizer.build(model.trainable_variables)
     with np.load(path / "optimizer.npz") as f:
-        assert len(f.files) == len(model.optimizer.variables)  # scale, windows, Adam slots
+        # scale, windows, Adam slots, and the control plane's three knobs
+        assert len(f.files) == len(model.optimizer.variables) + 3
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
 
 
@@ -259,3 +260,31 @@ def test_damaged_backup_is_not_kept_as_the_previous_one(tmp_path):
     kept = sorted(n for n in os.listdir(tmp_path) if n.startswith("backup-"))
     assert kept == [names[0], "backup-000000000004"]
     assert all(_atomic.verify(str(tmp_path / n)) is None for n in kept)
+
+
+def test_control_plane_knobs_resume_with_the_weights(tmp_path):
+    """A plateau multiplier set before the kill is in force after the resume.
+
+    The reference trains the whole run at half the rate; the resumed model
+    starts from a fresh optimizer (multiplier 1) and must pick 0.5 up from the
+    backup, or its weights differ from the reference.
+    """
+    from tfkit.optimizers import control
+
+    def halved():
+        model = _model()
+        (state,) = control(model.optimizer).values()
+        state.learning_rate_multiplier.assign(0.5)
+        return model
+
+    reference = halved()
+    _fit(reference, BackupAndRestore(tmp_path / "ref"))
+    with pytest.raises(_Stop):
+        _fit(halved(), BackupAndRestore(tmp_path / "run", save_freq=3), 6)
+    resumed = _model()
+    backup = BackupAndRestore(tmp_path / "run", save_freq=3)
+    _fit(resumed, backup)
+    assert backup.skipped_batches == 6
+    (state,) = control(resumed.optimizer).values()
+    assert float(state.learning_rate_multiplier.numpy()) == 0.5
+    _assert_same(resumed, [w.copy() for w in reference.get_weights()])

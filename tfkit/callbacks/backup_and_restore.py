@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfkit import _validation
 from tfkit.callbacks import _atomic
+from tfkit.optimizers.hyperparameters import install_for, knob_variables
 
 __all__ = ["BackupAndRestore"]
 
@@ -174,10 +175,15 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _groups(self) -> dict:
         optimizer = self._optimizer()
+        # The control plane's knobs (plateau multiplier, epoch scale, momentum
+        # switch) live beside the optimizer's variables, not among them.
+        optimizer_variables = (
+            list(optimizer.variables) + knob_variables(optimizer) if optimizer is not None else []
+        )
         return {
             "model": list(self.model.variables),
             "metrics": list(self.model.metrics_variables),
-            "optimizer": list(optimizer.variables) if optimizer is not None else [],
+            "optimizer": optimizer_variables,
         }
 
     def _callback_checkpoint(self) -> tf.train.Checkpoint:
@@ -287,6 +293,10 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._resume, self._skip_remaining, self._skipped_in_epoch = None, 0, 0
         self.skipped_batches, self.restored_from, self.damaged_backups = 0, None, []
         self._remove_temp_dirs()  # leftovers of a write killed before its commit
+        if self.model.optimizer is not None:
+            # Every backup holds the control plane's knobs, so that its layout
+            # does not depend on whether another callback installed it first.
+            install_for("BackupAndRestore", self.model)
         backups = self._backups()
         if not backups:
             return

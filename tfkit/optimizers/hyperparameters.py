@@ -69,6 +69,7 @@ __all__ = [
     "attached_optimizer",
     "control",
     "is_controlled",
+    "knob_variables",
     "resolve_optimizer",
 ]
 
@@ -146,6 +147,17 @@ class HyperparameterState(tf.Module):
         # Python-side: which float attribute is scheduled, and by what.
         self.momentum_name: str | None = None
         self.momentum_schedule = None
+
+    @property
+    def knobs(self) -> list[tf.Variable]:
+        """The variables that decide future updates, in a fixed order.
+
+        ``learning_rate_multiplier``, ``epoch_scale`` and ``momentum_enabled``:
+        what a backup must carry for a resumed run to apply the same rates.
+        The records (``applied_*``) only describe the past, and
+        ``learning_rate_override`` is set and cleared within one ``lr_find``.
+        """
+        return [self.learning_rate_multiplier, self.epoch_scale, self.momentum_enabled]
 
     @property
     def optimizer(self):
@@ -425,6 +437,16 @@ def control(optimizer: keras.optimizers.Optimizer) -> dict[str, HyperparameterSt
         states[name] = state
     _track_groups(optimizer, states)
     return states
+
+
+def knob_variables(optimizer: keras.optimizers.Optimizer) -> list[tf.Variable]:
+    """The :attr:`HyperparameterState.knobs` of every group of a controlled tree, group by group.
+
+    Empty when ``optimizer`` is not controlled (see :func:`control`).
+    """
+    if not is_controlled(optimizer):
+        return []
+    return [v for leaf in parameter_groups(optimizer).values() for v in getattr(leaf, STATE_ATTRIBUTE).knobs]
 
 
 class _GroupStates(tf.Module):
