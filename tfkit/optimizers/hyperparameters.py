@@ -132,6 +132,11 @@ class HyperparameterState(tf.Module):
     """
 
     def __init__(self, optimizer: keras.optimizers.Optimizer):
+        if not isinstance(optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                "HyperparameterState: `optimizer` must be a keras.optimizers.Optimizer; "
+                f"received optimizer={optimizer!r} of type {type(optimizer).__name__}."
+            )
         super().__init__(name="tfkit_hyperparameters")
         self._optimizer_ref = weakref.ref(optimizer)
         self.learning_rate_multiplier = _scalar(1.0, tf.float32, "learning_rate_multiplier")
