@@ -114,4 +114,4 @@ def test_check_ids_in_help_match_the_api():
     from tfkit import doctor
     from tfkit.cli import doctor as cli
 
-    assert cli._CHECK_IDS == doctor.ALL_CHECKS
+    assert cli.ALL_CHECKS is doctor.ALL_CHECKS

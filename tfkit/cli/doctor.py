@@ -13,20 +13,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-# Mirrors tfkit.doctor.ALL_CHECKS without importing TensorFlow for `--help`.
-_CHECK_IDS = (
-    "nonfinite",
-    "initial_loss",
-    "batch_independence",
-    "gradient_flow",
-    "dead_units",
-    "update_ratio",
-    "overfit_batch",
-    "input_pipeline",
-    "precision",
-    "learning_rate",
-    "zero_input",
-)
+from tfkit.doctor._ids import ALL_CHECKS
 
 
 def register(subparsers) -> None:
@@ -40,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--checks",
         help=f"comma-separated check ids (default: all but learning_rate "
-        f"and zero_input); known: {', '.join(_CHECK_IDS)}",
+        f"and zero_input); known: {', '.join(ALL_CHECKS)}",
     )
     p.add_argument("--learning-rate", action="store_true", help="also run the lr_find comparison")
     p.add_argument("--baseline", action="store_true", help="also run the zero-input baseline")

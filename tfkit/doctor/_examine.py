@@ -12,25 +12,13 @@ import tensorflow as tf
 
 from tfkit import _internals
 from tfkit.doctor import _checks
+from tfkit.doctor._ids import ALL_CHECKS, DEFAULT_CHECKS
 from tfkit.doctor.report import Finding, Report
 from tfkit.tuning._state import TrainingState
 from tfkit.tuning.lr_find import _micro_batches_per_update
 
 __all__ = ["ALL_CHECKS", "DEFAULT_CHECKS", "examine"]
 
-DEFAULT_CHECKS = (
-    "nonfinite",
-    "initial_loss",
-    "batch_independence",
-    "gradient_flow",
-    "dead_units",
-    "update_ratio",
-    "overfit_batch",
-    "input_pipeline",
-    "precision",
-)
-OPTIONAL_CHECKS = ("learning_rate", "zero_input")
-ALL_CHECKS = DEFAULT_CHECKS + OPTIONAL_CHECKS
 
 
 class _Context:
