@@ -48,7 +48,7 @@ def _child(jit: bool, repeats: int) -> dict:
     sys.path.insert(0, str(HERE))
     from harness import interleaved_medians
 
-    from tfkit import _recompute_core
+    from tfkit.recompute import _core as _recompute_core
     from tfkit.memory import peak_memory
     from tfkit.recompute import Recompute, recompute_sequential
 

@@ -7,7 +7,8 @@ import pathlib
 
 import keras
 
-from tfkit import _internals, _recompute_state
+from tfkit import _internals
+from tfkit.recompute import _state as _recompute_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONTROL_PLANE = [

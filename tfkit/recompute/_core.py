@@ -20,7 +20,7 @@ from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from keras.src.layers.layer import CallContext
 from tensorflow.python.eager import record
 
-from tfkit import _recompute_state as state
+from tfkit.recompute import _state as state
 
 __all__ = ["recompute_call"]
 
