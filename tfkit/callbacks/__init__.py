@@ -12,8 +12,11 @@ from tfkit.callbacks.momentum import (
 )
 from tfkit.callbacks.nan_guard import NaNGuard
 from tfkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
-from tfkit.callbacks.scaled_schedule import ScaledSchedule
 from tfkit.callbacks.update_ratio import UpdateRatioMonitor
+
+# ScaledSchedule is a schedule and lives in tfkit.schedules; this alias keeps
+# `tfkit.callbacks.ScaledSchedule` (round 2's home) working.
+from tfkit.schedules.scaled import ScaledSchedule  # noqa: E402
 
 __all__ = [
     "BackupAndRestore",

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import keras
 
+from tfkit.schedules.scaled import ScaledSchedule
+
 __all__ = ["layerwise_decay"]
 
 
@@ -28,7 +30,7 @@ def layerwise_decay(
     ``optimizer`` (``from_config``) named ``"<name>_layer_<i>"`` (the head keeps
     ``optimizer``'s name), so tfkit's logger reports ``learning_rate/<name>``
     per group. A ``LearningRateSchedule`` is scaled with
-    ``tfkit.callbacks.ScaledSchedule``; everything serializes without lambdas.
+    ``tfkit.schedules.ScaledSchedule``; everything serializes without lambdas.
 
     Args:
         optimizer: an unwrapped Keras optimizer (not built) giving the type,
@@ -89,7 +91,6 @@ def layerwise_decay(
         raise ValueError(
             f"layerwise_decay: `decay` must be a number in (0, 1]; received decay={decay!r}."
         )
-    from tfkit.callbacks.scaled_schedule import ScaledSchedule
 
     config = optimizer.get_config()
     rate = config["learning_rate"]

@@ -28,6 +28,7 @@ from tfkit.schedules.one_cycle import OneCycle, OneCycleMomentum
 from tfkit.schedules.piecewise import MultiStepDecay, PiecewiseConstantDecay
 from tfkit.schedules.polynomial import PolynomialDecay
 from tfkit.schedules.product import Product
+from tfkit.schedules.scaled import ScaledSchedule
 from tfkit.schedules.warmup import Warmup
 from tfkit.schedules.warmup_stable_decay import WarmupStableDecay
 
@@ -48,6 +49,7 @@ __all__ = [
     "PiecewiseConstantDecay",
     "PolynomialDecay",
     "Product",
+    "ScaledSchedule",
     "Warmup",
     "WarmupStableDecay",
     "get_scheduler",

@@ -30,7 +30,7 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
         >>> import keras
-        >>> from tfkit.callbacks import ScaledSchedule
+        >>> from tfkit.schedules import ScaledSchedule
         >>> s = ScaledSchedule(keras.optimizers.schedules.CosineDecay(0.1, 100), 0.5)
         >>> round(float(s(0)), 6)
         0.05
