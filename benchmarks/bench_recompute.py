@@ -48,9 +48,9 @@ def _child(jit: bool, repeats: int) -> dict:
     sys.path.insert(0, str(HERE))
     from harness import interleaved_medians
 
-    from tfkit.recompute import _core as _recompute_core
     from tfkit.memory import peak_memory
     from tfkit.recompute import Recompute, recompute_sequential
+    from tfkit.recompute import _core as _recompute_core
 
     class ResidualBlock(keras.layers.Layer):
         def __init__(self, **kwargs):

@@ -33,6 +33,7 @@ from tfkit.schedules import (
     PiecewiseConstantDecay,
     PolynomialDecay,
     Product,
+    ScaledSchedule,
     Warmup,
     WarmupStableDecay,
     get_scheduler,
@@ -102,6 +103,7 @@ CASES = {
     "Product_nested": lambda: Product(
         [Warmup(CosineDecay(0.1, 30), 5), MultiStepDecay(1.0, [10, 10], gamma=0.7)]
     ),
+    "ScaledSchedule": lambda: ScaledSchedule(Warmup(CosineDecay(0.1, 30), 5), 0.5),
     "get_scheduler_cosine_warmup_with_min_lr": lambda: get_scheduler(
         "cosine_warmup_with_min_lr", 0.1, 6, 36, min_lr=0.001
     ),

@@ -32,6 +32,7 @@ from tfkit.schedules import (
     PiecewiseConstantDecay,
     PolynomialDecay,
     Product,
+    ScaledSchedule,
     Warmup,
     WarmupStableDecay,
 )
@@ -508,6 +509,10 @@ FUZZ = {
             max_size=3,
         ),
         boundaries=st.lists(counts, min_size=1, max_size=2),
+    ),
+    ScaledSchedule: dict(
+        schedule=st.sampled_from([Constant(3.4e38), InverseSqrtDecay(1.0, 1), 0.5]),
+        multiplier=numbers,
     ),
     Warmup: dict(
         schedule=st.sampled_from([Constant(3.4e38), InverseSqrtDecay(1.0, 1)]),

@@ -103,11 +103,80 @@ def check_float(
     bad_low = low is not None and (number <= low if low_open else number < low)
     bad_high = high is not None and (number >= high if high_open else number > high)
     if bad_low or bad_high:
-        left, right = ("(" if low_open else "["), (")" if high_open else "]")
+        left, right = ("(" if low_open else "["), (")" if high_open or high is None else "]")
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         fail(owner, name, value, f"in {left}{lo}, {hi}{right}")
     return number
+
+
+def check_number(
+    owner: str,
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    high_open: bool = False,
+    integer: bool = False,
+) -> float | int:
+    """Validate a finite real (or integer) number in a range; return it as int or float."""
+    value = _scalar(owner, name, value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "an integer" if integer else "a number"
+        fail(owner, name, value, kind, TypeError)
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float range (10**400): not a bare OverflowError
+        fail(owner, name, _Shown(value), "a finite number that fits a float64")
+    if integer:
+        if isinstance(value, float) and not value.is_integer() or not finite:
+            fail(owner, name, value, "an integer", TypeError)
+        value = int(value)
+        if abs(value) > INT64_MAX:
+            fail(owner, name, _Shown(value), "an integer that fits an int64")
+    else:
+        # Integers stay integers (step counts read better in configs); the rest is float.
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
+        if not finite:
+            fail(owner, name, value, "finite")
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        if low is not None and high is None:
+            allowed = f"> {lo}" if low_open else f">= {lo}"
+        elif high is not None and low is None:
+            allowed = f"< {hi}" if high_open else f"<= {hi}"
+        else:
+            allowed = f"in {left}{lo}, {hi}{right}"
+        fail(owner, name, value, allowed)
+    return value
+
+
+def check_name(owner: str, name) -> str | None:
+    if name is not None and not isinstance(name, str):
+        fail(owner, "name", name, "a string or None", TypeError)
+    return name
+
+
+def check_sequence(owner: str, name: str, value, *, min_len: int = 0) -> list:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        fail(owner, name, value, "a list or tuple", TypeError)
+    value = list(value)
+    if len(value) < min_len:
+        fail(owner, name, value, f"a list with at least {min_len} element(s)")
+    return value
+
+
+def check_increasing(owner: str, name: str, values: Sequence[float]) -> None:
+    for a, b in zip(values[:-1], values[1:], strict=True):
+        if not b > a:
+            fail(owner, name, list(values), f"strictly increasing (found {a!r} then {b!r})")
 
 
 def check_choice(owner: str, name: str, value, choices: Sequence[str]) -> str:

@@ -9,44 +9,19 @@ instead of a silent fallback to ``"auto"``.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import numpy as np
 
+from tfkit import _validation
+
 MODES = ("auto", "min", "max")
 THRESHOLD_MODES = ("abs", "rel")
-_INT64_MAX = 2**63 - 1
 
 
-def check_choice(owner: str, name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{owner}: `{name}` must be one of {allowed}; received {name}={value!r}.")
-
-
-def check_number(
-    owner: str, name: str, value, *, minimum=None, maximum=None, integer=False,
-    min_inclusive=True, max_inclusive=True,
-) -> None:
-    """Raise a ValueError/TypeError naming ``name`` unless ``value`` is a finite number in range."""
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        what = "an integer" if integer else "a number"
-        raise TypeError(f"{owner}: `{name}` must be {what}; received {name}={value!r} "
-                        f"of type {type(value).__name__}.")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond float range (10**400)
-        finite = False
-    if not finite or (integer and abs(value) > _INT64_MAX):
-        raise ValueError(f"{owner}: `{name}` must be finite and fit an int64/float; "
-                         f"received {name}={value!r:.80}.")
-    low_ok = minimum is None or (value >= minimum if min_inclusive else value > minimum)
-    high_ok = maximum is None or (value <= maximum if max_inclusive else value < maximum)
-    if not (low_ok and high_ok):
-        low = "" if minimum is None else f"{minimum} {'<=' if min_inclusive else '<'} "
-        high = "" if maximum is None else f" {'<=' if max_inclusive else '<'} {maximum}"
-        raise ValueError(f"{owner}: `{name}` must satisfy {low}{name}{high}; received {name}={value!r}.")
+# Argument checks: the package's one module (one message shape).
+check_choice = _validation.check_choice
+check_number = _validation.check_number
 
 
 def resolve_direction(owner: str, monitor: str, mode: str, model=None) -> str:

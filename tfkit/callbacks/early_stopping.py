@@ -100,9 +100,9 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
         _monitor.check_choice(owner, "mode", mode, _monitor.MODES)
         _monitor.check_choice(owner, "threshold_mode", threshold_mode, _monitor.THRESHOLD_MODES)
         _monitor.check_choice(owner, "snapshot", snapshot, STORAGES)
-        _monitor.check_number(owner, "min_delta", min_delta, minimum=0)
-        _monitor.check_number(owner, "patience", patience, minimum=0, integer=True)
-        _monitor.check_number(owner, "start_from_epoch", start_from_epoch, minimum=0, integer=True)
+        _monitor.check_number(owner, "min_delta", min_delta, low=0)
+        _monitor.check_number(owner, "patience", patience, low=0, integer=True)
+        _monitor.check_number(owner, "start_from_epoch", start_from_epoch, low=0, integer=True)
         if baseline is not None:
             _monitor.check_number(owner, "baseline", baseline)
         self.monitor = monitor

@@ -90,12 +90,12 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
         self._lookup = _monitor.MonitorLookup(owner, monitor)
         _monitor.check_choice(owner, "mode", mode, _monitor.MODES)
         _monitor.check_choice(owner, "threshold_mode", threshold_mode, _monitor.THRESHOLD_MODES)
-        _monitor.check_number(owner, "factor", factor, minimum=0, maximum=1,
-                              min_inclusive=False, max_inclusive=False)
-        _monitor.check_number(owner, "patience", patience, minimum=0, integer=True)
-        _monitor.check_number(owner, "cooldown", cooldown, minimum=0, integer=True)
-        _monitor.check_number(owner, "min_delta", min_delta, minimum=0)
-        _monitor.check_number(owner, "min_lr", min_lr, minimum=0)
+        _monitor.check_number(owner, "factor", factor, low=0, high=1,
+                              low_open=True, high_open=True)
+        _monitor.check_number(owner, "patience", patience, low=0, integer=True)
+        _monitor.check_number(owner, "cooldown", cooldown, low=0, integer=True)
+        _monitor.check_number(owner, "min_delta", min_delta, low=0)
+        _monitor.check_number(owner, "min_lr", min_lr, low=0)
         self.monitor = monitor
         self.factor = float(factor)
         self.patience = int(patience)

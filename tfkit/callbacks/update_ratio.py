@@ -54,9 +54,9 @@ class UpdateRatioMonitor(keras.callbacks.Callback):
     def __init__(self, frequency: int = 10, low: float = 1e-5, high: float = 1e-1, per_batch: bool = False):
         super().__init__()
         owner = "UpdateRatioMonitor"
-        _monitor.check_number(owner, "frequency", frequency, minimum=1, integer=True)
-        _monitor.check_number(owner, "low", low, minimum=0)
-        _monitor.check_number(owner, "high", high, minimum=low, min_inclusive=False)
+        _monitor.check_number(owner, "frequency", frequency, low=1, integer=True)
+        _monitor.check_number(owner, "low", low, low=0)
+        _monitor.check_number(owner, "high", high, low=low, low_open=True)
         self.frequency = int(frequency)
         self.low = float(low)
         self.high = float(high)

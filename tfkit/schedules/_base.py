@@ -19,10 +19,6 @@ Numerics, decided once for the package:
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Sequence
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -95,61 +91,8 @@ def constant(value: float, dtype: str) -> tf.Tensor:
 
 
 # ----------------------------------------------------------------------------
-# Validation. Every message names the class, the argument, the value received
-# and what is allowed.
-
-
-# The generic checks live in tfkit._validation (shared by the whole package).
-_fail = _validation.fail
-
-
-def check_number(
-    owner: str,
-    name: str,
-    value,
-    *,
-    low: float | None = None,
-    low_open: bool = False,
-    high: float | None = None,
-    high_open: bool = False,
-    integer: bool = False,
-) -> float | int:
-    """Validate a finite real (or integer) number in a range; return it as int or float."""
-    if isinstance(value, tf.Tensor | tf.Variable | np.ndarray):
-        if np.ndim(value) != 0:
-            _fail(owner, name, value, "a scalar number", TypeError)
-        value = np.asarray(value).item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        kind = "an integer" if integer else "a number"
-        _fail(owner, name, value, kind, TypeError)
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond float range (10**400): not a bare OverflowError
-        _fail(owner, name, _validation._Shown(value), "a finite number that fits a float64")
-    if integer:
-        if isinstance(value, float) and not value.is_integer() or not finite:
-            _fail(owner, name, value, "an integer", TypeError)
-        value = int(value)
-    else:
-        # Integers stay integers (step counts read better in configs); the rest is float.
-        value = int(value) if isinstance(value, numbers.Integral) else float(value)
-        if not finite:
-            _fail(owner, name, value, "finite")
-    bad_low = low is not None and (value <= low if low_open else value < low)
-    bad_high = high is not None and (value >= high if high_open else value > high)
-    if bad_low or bad_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        if low is not None and high is None:
-            allowed = f"> {lo}" if low_open else f">= {lo}"
-        elif high is not None and low is None:
-            allowed = f"< {hi}" if high_open else f"<= {hi}"
-        else:
-            allowed = f"in {left}{lo}, {hi}{right}"
-        _fail(owner, name, value, allowed)
-    return value
+# Validation. The generic checks live in tfkit._validation (one module, one
+# message shape); the names below keep the schedules' imports short.
 
 
 def check_rate(owner: str, name: str, value, dtype: str) -> float:
@@ -157,29 +100,12 @@ def check_rate(owner: str, name: str, value, dtype: str) -> float:
     return check_number(owner, name, value, low=0, high=float(np.finfo(dtype).max))
 
 
+check_number = _validation.check_number
 check_choice = _validation.check_choice
 check_bool = _validation.check_bool
-
-
-def check_name(owner: str, name) -> str | None:
-    if name is not None and not isinstance(name, str):
-        _fail(owner, "name", name, "a string or None", TypeError)
-    return name
-
-
-def check_sequence(owner: str, name: str, value, *, min_len: int = 0) -> list:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
-        _fail(owner, name, value, "a list or tuple", TypeError)
-    value = list(value)
-    if len(value) < min_len:
-        _fail(owner, name, value, f"a list with at least {min_len} element(s)")
-    return value
-
-
-def check_increasing(owner: str, name: str, values: Sequence[float]) -> None:
-    for a, b in zip(values[:-1], values[1:], strict=True):
-        if not b > a:
-            _fail(owner, name, list(values), f"strictly increasing (found {a!r} then {b!r})")
+check_name = _validation.check_name
+check_sequence = _validation.check_sequence
+check_increasing = _validation.check_increasing
 
 
 def resolve_dtype(owner: str, dtype, *rates) -> str:

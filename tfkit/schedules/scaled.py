@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from tfkit import _validation
+from tfkit.schedules._base import peak_of
 
 __all__ = ["ScaledSchedule"]
 
@@ -47,6 +49,21 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         value = _validation.check_float(
             "ScaledSchedule", "multiplier", multiplier, low=0, low_open=True, float_dtype="float32"
         )
+        if np.float32(value) == 0:  # underflows the float32 variable: a silent rate of 0
+            _validation.fail(
+                "ScaledSchedule", "multiplier", multiplier, "a positive float32 (>= 1.4e-45)"
+            )
+        # A multiplier that would overflow the schedule's largest value is refused
+        # here rather than training at inf (tfkit schedules know their peak).
+        peak = peak_of(schedule)
+        if peak is not None and peak * value > float(np.finfo(np.float32).max):
+            _validation.fail(
+                "ScaledSchedule",
+                "multiplier",
+                multiplier,
+                f"at most {float(np.finfo(np.float32).max) / peak:g} for a schedule "
+                f"whose largest value is {peak:g} (float32 overflows beyond)",
+            )
         self.schedule = schedule
         self.multiplier = tf.Variable(value, dtype=tf.float32, trainable=False, name="lr_multiplier")
 
