@@ -29,7 +29,9 @@ class SWALR(ScheduleBase):
         t        = min(step, anneal_steps) / anneal_steps     (1 when anneal_steps == 0)
         alpha    = (1 - cos(pi * t)) / 2    if anneal_strategy == "cos"
                  = t                        if anneal_strategy == "linear"
-        lr(step) = initial_learning_rate + (swa_lr - initial_learning_rate) * alpha
+        lr(step) = swa_lr * alpha + initial_learning_rate * (1 - alpha)
+
+    computed in float64 and rounded once to ``dtype``.
 
     This is torch's ``SWALR`` with ``anneal_epochs`` counted in this
     schedule's steps (real optimizer updates): torch blends from the rate the
@@ -90,15 +92,17 @@ class SWALR(ScheduleBase):
             t = tf.ones_like(step)
         else:
             t = fraction(step, self.anneal_steps)
+        # remaining = 1 - alpha, written so that it is exact near the end of the annealing.
         if self.anneal_strategy == "cos":
-            alpha = (1.0 - tf.cos(tf.constant(math.pi, tf.float64) * t)) / 2.0
+            remaining = (1.0 + tf.cos(tf.constant(math.pi, tf.float64) * t)) / 2.0
         else:
-            alpha = t
-        start = tf.constant(self.initial_learning_rate, self.dtype)
-        end = tf.constant(self.swa_lr, self.dtype)
-        value = start + (end - start) * tf.cast(alpha, self.dtype)
-        # The exact blend lies between the two rates; rounding must not leave them.
-        return tf.clip_by_value(value, tf.minimum(start, end), tf.maximum(start, end))
+            remaining = 1.0 - t
+        start = tf.constant(self.initial_learning_rate, tf.float64)
+        end = tf.constant(self.swa_lr, tf.float64)
+        # Blended in float64 (the two rates may be far apart) and rounded once.
+        value = end + (start - end) * remaining
+        value = tf.clip_by_value(value, tf.minimum(start, end), tf.maximum(start, end))
+        return tf.cast(value, self.dtype)
 
     def get_config(self) -> dict:
         return {
