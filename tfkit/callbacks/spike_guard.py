@@ -42,7 +42,11 @@ def installed_guard(model):
 
 def _loss_scaled(optimizer) -> bool:
     """Whether a loss-scale optimizer in the chain skips non-finite gradients itself."""
-    return any(hasattr(opt, "dynamic_scale") for opt in optimizer_chain(optimizer))
+    # Keras' and tfkit's (a subclass); ``dynamic_scale`` exists only once built.
+    return any(
+        isinstance(opt, keras.optimizers.LossScaleOptimizer) or hasattr(opt, "dynamic_scale")
+        for opt in optimizer_chain(optimizer)
+    )
 
 
 def _squared_norm(grads) -> tf.Tensor:
@@ -65,7 +69,8 @@ class SpikeGuard(keras.callbacks.Callback):
                    and x - m > (min_ratio - 1) * |m|)
         accepted x:  d = x - m;  m <- m + (1 - decay) d;  v <- decay (v + (1 - decay) d**2)
 
-    (the first accepted value sets ``m = x, v = 0``). A spike must be both far
+    (the first accepted value sets ``m = x, v = 0``; no value before it is a
+    spike unless non-finite; ``m`` and ``v`` are kept in float64). A spike must be both far
     outside the recent spread and ``min_ratio`` times the recent level, so
     neither noisy small batches nor a loss near zero raise alarms. Spikes never
     enter ``m`` and ``v``. A non-finite *gradient* under a loss-scale
@@ -109,8 +114,8 @@ class SpikeGuard(keras.callbacks.Callback):
         threshold: Standard deviations above the moving mean. Default 8.
         min_ratio: And at least this multiple of the moving mean (> 1). Default 3.
         decay: Decay of the moving mean and variance, in ``(0, 1)``. Default 0.98.
-        warmup_steps: Accepted batches before spikes are judged (non-finite
-            values always are). Default 20.
+        warmup_steps: Finite accepted values (of each watched quantity) before
+            spikes are judged; non-finite values always are. Default 20.
         gradient_norm: Also watch the global gradient norm. Default False.
         factor: Learning-rate multiplier per rollback, in ``(0, 1]``. Default 0.5.
         max_rollbacks: Rollbacks before training stops, >= 1. Default 3.
@@ -169,10 +174,12 @@ class SpikeGuard(keras.callbacks.Callback):
         self.state = CallbackState(
             "spike_guard",
             accepted=(0, tf.int64),
-            loss_mean=(0.0, tf.float32),
-            loss_var=(0.0, tf.float32),
-            norm_mean=(0.0, tf.float32),
-            norm_var=(0.0, tf.float32),
+            loss_count=(0, tf.int64),
+            loss_mean=(0.0, tf.float64),
+            loss_var=(0.0, tf.float64),
+            norm_count=(0, tf.int64),
+            norm_mean=(0.0, tf.float64),
+            norm_var=(0.0, tf.float64),
             spikes=(0, tf.int64),
             skipped=(0, tf.int64),
             rollbacks=(0, tf.int64),
@@ -223,34 +230,42 @@ class SpikeGuard(keras.callbacks.Callback):
                 self.state.snapshot.take()
 
     def _moments(self, prefix):
-        return getattr(self.state, f"{prefix}_mean"), getattr(self.state, f"{prefix}_var")
+        state = self.state
+        return tuple(getattr(state, f"{prefix}_{k}") for k in ("count", "mean", "var"))
 
     def _judge(self, x, prefix, non_finite_is_spike=True):
-        """(spike?, update-statistics function) for the watched value ``x``."""
-        mean, var = self._moments(prefix)
+        """(spike?, update-statistics function) for the watched value ``x``.
+
+        float64 statistics: the square of a float32 loss never overflows them.
+        """
+        x = tf.cast(x, tf.float64)
+        count, mean, var = self._moments(prefix)
         m, v = mean.read_value(), var.read_value()
         finite = tf.math.is_finite(x)
         d = x - m
-        judged = self.state.accepted.read_value() >= self.warmup_steps
+        # No statistics before the first accepted value: it is judged only for finiteness.
+        judged = count.read_value() >= max(1, self.warmup_steps)
         far = tf.logical_and(d > self.threshold * tf.sqrt(v), d > (self.min_ratio - 1.0) * tf.abs(m))
         spike = tf.logical_or(tf.logical_and(judged, far), tf.logical_not(finite))
         if not non_finite_is_spike:
             spike = tf.logical_and(spike, finite)
 
         def update():
-            first = self.state.accepted.read_value() == 0
-            safe = tf.where(finite, d, 0.0)
+            first = count.read_value() == 0
+            safe = tf.where(finite, d, tf.zeros_like(d))
             new_m = tf.where(first, x, m + (1.0 - self.decay) * safe)
-            new_v = tf.where(first, 0.0, self.decay * (v + (1.0 - self.decay) * tf.square(safe)))
+            new_v = tf.where(
+                first, tf.zeros_like(v), self.decay * (v + (1.0 - self.decay) * tf.square(safe))
+            )
             # A non-finite value that is not a spike (a loss-scaler skip) leaves them alone.
             mean.assign(tf.where(finite, new_m, m))
             var.assign(tf.where(finite, new_v, v))
+            count.assign_add(tf.cast(finite, tf.int64))
 
         return spike, update
 
     def _decide(self, loss, squared_norm):
         """In-graph: is this batch a spike? Updates the statistics and counters."""
-        loss = tf.cast(loss, tf.float32)
         spike, updates = self._judge(loss, "loss")
         updates = [updates]
         if self.gradient_norm:
@@ -284,7 +299,7 @@ class SpikeGuard(keras.callbacks.Callback):
         scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         replica = tf.distribute.get_replica_context()
         if replica is None or tf.__internal__.distribute.strategy_supports_no_merge_call():
-            squared = _squared_norm(grads) / tf.square(scale) if self.gradient_norm else 0.0
+            squared = _squared_norm(grads) / tf.square(scale) if self.gradient_norm else tf.constant(0.0)
             ok = self._decide(loss, squared)
 
             def apply_one():
@@ -296,7 +311,7 @@ class SpikeGuard(keras.callbacks.Callback):
 
         def cross_replica(distribution, loss, grads, *extra):
             total = distribution.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            squared = 0.0
+            squared = tf.constant(0.0)
             if self.gradient_norm:
                 local = distribution.extended.call_for_each_replica(_squared_norm, args=(grads,))
                 squared = distribution.reduce(tf.distribute.ReduceOp.MEAN, local, axis=None)
