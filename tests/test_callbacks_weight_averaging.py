@@ -127,7 +127,10 @@ class _Record(keras.callbacks.Callback):
 def _ema(sequence, decay):
     avg = None
     for w in sequence:
-        avg = [a.copy() for a in w] if avg is None else [r + (1 - decay) * (a - r) for r, a in zip(avg, w)]
+        if avg is None:
+            avg = [a.copy() for a in w]
+        else:
+            avg = [r + (1 - decay) * (a - r) for r, a in zip(avg, w, strict=True)]
     return avg
 
 

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from tfkit.schedules import (
+    SWALR,
     Constant,
     CosineDecay,
     CosineDecayRestarts,
@@ -34,7 +35,6 @@ from tfkit.schedules import (
     PolynomialDecay,
     Product,
     ScaledSchedule,
-    SWALR,
     Warmup,
     WarmupStableDecay,
     get_scheduler,

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tfkit.schedules import (
+    SWALR,
     Constant,
     CosineDecay,
     CosineDecayRestarts,
@@ -30,7 +31,6 @@ from tfkit.schedules import (
     OneCycle,
     OneCycleMomentum,
     PiecewiseConstantDecay,
-    SWALR,
     PolynomialDecay,
     Product,
     ScaledSchedule,
