@@ -109,3 +109,56 @@ def learning_rate_is_constant(optimizer) -> bool:
     import keras
 
     return isinstance(optimizer._learning_rate, keras.Variable)
+
+
+def set_initial_epoch(model, epoch: int | None) -> None:
+    """Make the next ``model.fit`` start at ``epoch`` (``None``: at its ``initial_epoch``).
+
+    ``fit`` reads ``model._initial_epoch`` after ``on_train_begin`` (Keras 3.0
+    through 3.15, the attribute Keras' own ``BackupAndRestore`` sets): the only
+    way for a callback to move the first epoch of a ``fit`` already running.
+    """
+    model._initial_epoch = epoch
+
+
+def intercept_train_function(model, make_wrapper) -> None:
+    """Route ``model.fit``'s steps through ``make_wrapper(current_train_function)``.
+
+    ``fit`` passes its data iterator to ``model.train_function(iterator)`` and
+    to nothing else (Keras 3.0 through 3.15): a callback that must checkpoint or
+    restore the iterator's position (``BackupAndRestore``) sees it only there.
+    ``train_function`` is a public attribute that Keras itself rebuilds (it is
+    ``None`` until ``make_train_function``); the wrapper is set on this model
+    only and calls the original for every step. Idempotent.
+    """
+    current = model.train_function
+    if current is None or getattr(current, "_tfkit_wrapped", False):
+        return
+    wrapper = make_wrapper(current)
+    wrapper._tfkit_wrapped = True
+    wrapper._tfkit_original = current
+    model.train_function = wrapper
+
+
+def release_train_function(model) -> None:
+    """Undo :func:`intercept_train_function` (the original step is kept)."""
+    current = getattr(model, "train_function", None)
+    original = getattr(current, "_tfkit_original", None)
+    if original is not None:
+        model.train_function = original
+
+
+def metrics_built(model) -> bool:
+    """Whether ``model.metrics_variables`` is complete (compiled metrics built).
+
+    Keras builds the compiled metrics (``model._compile_metrics``, Keras 3.0
+    through 3.15) lazily at the first traced step when no distribution strategy
+    is set: before that, ``metrics_variables`` holds the loss tracker only.
+    """
+    compiled = getattr(model, "_compile_metrics", None)
+    return compiled is None or bool(getattr(compiled, "built", True))
+
+
+def is_intercepted(model) -> bool:
+    """Whether ``model.train_function`` is routed through :func:`intercept_train_function`."""
+    return bool(getattr(getattr(model, "train_function", None), "_tfkit_wrapped", False))
