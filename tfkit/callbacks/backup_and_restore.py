@@ -18,7 +18,9 @@ import tensorflow as tf
 
 from tfkit import _internals, _validation
 from tfkit.callbacks import _atomic, _fingerprint
+from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attached_optimizer, install_for, knob_variables
+from tfkit.optimizers.tree import optimizer_chain
 
 __all__ = ["BackupAndRestore"]
 
@@ -98,7 +100,9 @@ class BackupAndRestore(keras.callbacks.Callback):
       refused with a ``RuntimeError`` naming every differing item with both
       values. ``on_change="adapt"`` accepts a changed replica count (elastic
       resume: ``fit``'s global batch, and so every update, is unchanged; only the
-      all-reduce's summation order is) and still refuses every other change.
+      all-reduce's summation order is) and still refuses every other change,
+      and a replica change while an accumulation window is open (its
+      partial sums are per replica).
     * **Data position, inside ``fit``.** ``fit`` hands its data iterator only to
       ``model.train_function``; this callback routes the steps through a thin
       wrapper (``tfkit._internals.intercept_train_function``) to checkpoint
@@ -370,6 +374,8 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _check_input_against(self, resume: dict) -> None:
         diffs = _fingerprint.differences(resume["config"], self._input_items or {})
+        if "replicas" in self.adapted:
+            diffs.pop("input", None)  # a per-replica spec: the global batch is unchanged
         if resume["data"] == _DATA_ITERATOR and self._data_mode != _DATA_ITERATOR:
             diffs["data position"] = ("an iterator checkpoint", "an input that has none")
         if diffs:
@@ -584,6 +590,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         for key in ("model", "optimizer"):
             for v, a in zip(groups[key], arrays[key], strict=True):
                 v.assign(a)
+        if "replicas" in self.adapted:
+            self._check_windows_closed(path)
         if self.stateful_callbacks:
             status = self._callback_checkpoint().read(os.path.join(path, "callbacks"))
             status.assert_existing_objects_matched()
@@ -602,6 +610,23 @@ class BackupAndRestore(keras.callbacks.Callback):
         }
         self._data_resume = self._resume
         self._last_saved = (progress["epoch"], progress["batches_done"])
+
+    def _check_windows_closed(self, path: str) -> None:
+        """An open accumulation window holds per-replica partial sums: not continuable."""
+        for node in optimizer_chain(self._optimizer()):
+            if isinstance(node, GradientAccumulator):
+                done = int(node.micro_step.numpy()) % int(node.accumulation_steps)
+                if done:
+                    raise self._refusal(
+                        path,
+                        {
+                            "replicas with an open accumulation window": (
+                                f"{self.adapted['replicas'][0]} replicas, {done} of "
+                                f"{node.accumulation_steps} micro-batches accumulated",
+                                f"{self.adapted['replicas'][1]} replicas",
+                            )
+                        },
+                    )
 
     def _restore_metrics(self, resume: dict, element_spec=None) -> None:
         model = self.model
@@ -682,7 +707,8 @@ class BackupAndRestore(keras.callbacks.Callback):
             if resume is not None and resume["epoch"] == epoch and resume["done"]:
                 if _internals.metrics_built(self.model):
                     self._restore_metrics(resume)
-                self._skipped_in_epoch = 0
+                # The loop starts this epoch at batch `initial_step`.
+                self._last_batch = resume["done"] - 1
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches_done = batch + 1
