@@ -109,3 +109,27 @@ def learning_rate_is_constant(optimizer) -> bool:
     import keras
 
     return isinstance(optimizer._learning_rate, keras.Variable)
+
+
+def all_layers(model) -> list:
+    """Every layer nested in ``model`` (not ``model`` itself), depth first.
+
+    ``Layer._flatten_layers`` (Keras 3.0 through 3.15) also finds layers held in
+    attributes of custom layers, which ``model.layers`` does not list. Used by
+    ``TrainStep``/``install`` to find the BatchNormalization layers whose
+    statistics follow gradient-accumulation windows.
+    """
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def learning_rate_schedule(optimizer):
+    """The ``LearningRateSchedule`` behind ``optimizer.learning_rate``, or None.
+
+    Keras keeps it in ``_learning_rate`` (Keras 3.0 through 3.15); the public
+    property returns its value at the current step. Read-only use: the
+    doctor's ``schedule_end`` check asks where the schedule ends.
+    """
+    import keras
+
+    rate = getattr(optimizer, "_learning_rate", None)
+    return rate if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) else None
