@@ -1115,6 +1115,28 @@ def check_learning_rate(ctx) -> list[Finding]:
     ]
 
 
+def check_schedule_end(ctx) -> list[Finding]:
+    """Warn when the optimizer's schedule has ended: every next update uses its final rate."""
+    from tfkit import _internals
+    from tfkit.optimizers import leaves
+    from tfkit.schedules.finished import finished_message, schedule_end
+
+    optimizer = getattr(ctx.model, "optimizer", None)
+    findings = []
+    for leaf in leaves(optimizer) if optimizer is not None else []:
+        schedule = _internals.learning_rate_schedule(leaf)
+        if schedule is None:
+            continue
+        step = int(keras.ops.convert_to_numpy(leaf.iterations))
+        message = finished_message(schedule, step, owner=f"optimizer {leaf.name!r}")
+        if message:
+            data = {"end": schedule_end(schedule), "step": step}
+            findings.append(Finding("schedule_end", "warning", message, data=data))
+    return findings or [
+        Finding("schedule_end", "info", "no learning-rate schedule has ended.")
+    ]
+
+
 def check_zero_input(ctx) -> list[Finding]:
     model = ctx.model
     x, y, sw = ctx.batch
@@ -1174,4 +1196,5 @@ CHECKS = {
     "precision": check_precision,
     "learning_rate": check_learning_rate,
     "zero_input": check_zero_input,
+    "schedule_end": check_schedule_end,
 }
