@@ -28,23 +28,23 @@ Example:
 from __future__ import annotations
 
 import inspect
-import types
 import warnings
 
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.backend import get_keras_mask
-from keras.src.losses.loss import (
+from keras.utils import unpack_x_y_sample_weight
+
+from tfkit import _internals, _validation
+from tfkit._internals import (
+    LossFunctionWrapper,
     apply_mask,
+    get_keras_mask,
     reduce_weighted_values,
     scale_loss_for_distribution,
     unscale_loss_for_distribution,
 )
-from keras.src.losses.losses import LossFunctionWrapper
-from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
-
-from tfkit import _validation
+from tfkit.callbacks import spike_guard as _spike_guard
 from tfkit.layers import batch_normalization as _batch_norm
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
@@ -175,6 +175,17 @@ def _statistics_guard(model, optimizer) -> list:
     return _batch_norm.snapshot_statistics(model)
 
 
+def _guarded_apply(guard, optimizer, loss, grads, variables, weight) -> None:
+    """``_apply``, or the guard's gate around it (the update is dropped on a spike)."""
+    if guard is None:
+        _apply(optimizer, grads, variables, weight)
+        return
+    if weight is None:
+        guard.gate(loss, grads, lambda g: _apply(optimizer, g, variables, None), optimizer)
+    else:
+        guard.gate(loss, grads, lambda g, w: _apply(optimizer, g, variables, w), optimizer, weight)
+
+
 def _add_regularization(model, loss):
     if model.losses:
         reg = tf.add_n([tf.cast(v, loss.dtype) for v in model.losses])
@@ -221,6 +232,8 @@ class TrainStep:
         strategy: a ``tf.distribute.Strategy``; defaults to the current one.
             Create the model and optimizer under its scope, and pass data as
             a distributed dataset's elements or plain tensors (split evenly).
+        spike_guard: a :class:`~tfkit.callbacks.SpikeGuard` whose in-graph
+            check decides, per batch, whether ``optimizer.apply`` runs.
 
     Call it with ``(x, y)`` or ``(x, y, sample_weight)``. The step is traced
     once per input signature: keep batch shapes fixed (``drop_remainder=True``)
@@ -235,6 +248,7 @@ class TrainStep:
         *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
+        spike_guard=None,
     ):
         if not isinstance(model, keras.Model):
             raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
@@ -256,6 +270,7 @@ class TrainStep:
                 f"received strategy={strategy!r} of type {type(strategy).__name__}"
             )
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.spike_guard = _check_guard(spike_guard)
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)
         self._function = tf.function(self._distributed_step)
         self.trace_count = 0  # how many times the step was traced (tests check it stays at 1)
@@ -272,7 +287,7 @@ class TrainStep:
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
         _batch_norm.keep_statistics_if(_step_is_finite(grads, weight), statistics)
-        _apply(optimizer, grads, variables, weight)
+        _guarded_apply(self.spike_guard, optimizer, loss, grads, variables, weight)
         return loss
 
     def _distributed_step(self, x, y, sample_weight=None):
@@ -288,9 +303,13 @@ class TrainStep:
                 self.model(x, training=False)
             if not self.optimizer.built:
                 self.optimizer.build(self.model.trainable_variables)
+            if self.spike_guard is not None:
+                self.spike_guard.bind(self.model, self.optimizer)
 
     def __call__(self, x, y, sample_weight=None) -> dict[str, tf.Tensor]:
-        if not (self.model.built and self.optimizer.built):
+        if not (self.model.built and self.optimizer.built) or (
+            self.spike_guard is not None and self.spike_guard._bound is None
+        ):
             self._build(x)
         return {"loss": self._function(x, y, sample_weight)}
 
@@ -316,20 +335,30 @@ def _weighted_train_step(model: keras.Model, data):
     x, y, sample_weight = unpack_x_y_sample_weight(data)
     statistics = _statistics_guard(model, model.optimizer)
     with tf.GradientTape() as tape:
-        y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
+        y_pred = model(x, training=True) if _internals.call_has_training_arg(model) else model(x)
         loss, weight = _loss_and_weight(_compiled_loss(model), y, y_pred, sample_weight)
         loss = _add_regularization(model, loss)
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
+        _internals.loss_tracker(model).update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
         scaled = model.optimizer.scale_loss(loss)
     variables = model.trainable_variables
+    guard = _spike_guard.installed_guard(model)
     grads = tape.gradient(scaled, variables)
     _batch_norm.keep_statistics_if(_step_is_finite(grads, weight), statistics)
-    _apply(model.optimizer, grads, variables, weight)
+    _guarded_apply(guard, model.optimizer, loss, grads, variables, weight)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
-def install(model: keras.Model) -> keras.Model:
+def _check_guard(guard):
+    if guard is not None and not isinstance(guard, _spike_guard.SpikeGuard):
+        raise TypeError(
+            "`spike_guard` must be a tfkit.callbacks.SpikeGuard or None; "
+            f"received spike_guard={guard!r} of type {type(guard).__name__}."
+        )
+    return guard
+
+
+def install(model: keras.Model, spike_guard=None) -> keras.Model:
     """Make ``model.fit`` train with :class:`TrainStep`'s weighted micro-batches.
 
     Replaces ``model.train_step`` on this instance (not on its class) with a
@@ -347,6 +376,10 @@ def install(model: keras.Model) -> keras.Model:
     not saved with the model: call ``install`` again after loading. Returns
     ``model``.
 
+    ``spike_guard``: a :class:`~tfkit.callbacks.SpikeGuard`; its in-graph
+    check then decides, per batch, whether the update is applied (pass the
+    guard in ``fit``'s callbacks as well).
+
     Example:
         >>> import keras, numpy as np, tfkit
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
@@ -359,6 +392,7 @@ def install(model: keras.Model) -> keras.Model:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
-    model.train_step = types.MethodType(_weighted_train_step, model)
+    _spike_guard.register_step(model, _check_guard(spike_guard))
+    _internals.bind_instance_method(model, "train_step", _weighted_train_step)
     model.train_function = None  # rebuilt around the new step by the next fit
     return model

@@ -36,6 +36,7 @@ from tfkit.schedules.piecewise import MultiStepDecay, PiecewiseConstantDecay
 from tfkit.schedules.polynomial import PolynomialDecay
 from tfkit.schedules.product import Product
 from tfkit.schedules.scaled import ScaledSchedule
+from tfkit.schedules.swa import SWALR
 from tfkit.schedules.warmup import Warmup
 from tfkit.schedules.warmup_stable_decay import WarmupStableDecay
 
@@ -56,6 +57,7 @@ __all__ = [
     "PiecewiseConstantDecay",
     "PolynomialDecay",
     "Product",
+    "SWALR",
     "ScaledSchedule",
     "Warmup",
     "WarmupStableDecay",
