@@ -45,6 +45,7 @@ from tfkit._internals import (
     unscale_loss_for_distribution,
 )
 from tfkit.callbacks import spike_guard as _spike_guard
+from tfkit.layers import batch_normalization as _batch_norm
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
 from tfkit.optimizers.tree import optimizer_chain
@@ -145,6 +146,33 @@ def _apply(optimizer, grads, variables, weight) -> None:
         optimizer.apply(grads, variables, weight=weight)
     else:
         optimizer.apply(grads, variables)
+
+
+def _accumulation_steps(optimizer) -> int:
+    """The ``k`` of the first GradientAccumulator in the optimizer chain (1 without one)."""
+    for opt in optimizer_chain(optimizer):
+        if isinstance(opt, GradientAccumulator):
+            return opt.accumulation_steps
+    return 1
+
+
+def _step_is_finite(grads, weight) -> tf.Tensor:
+    """The verdict the accumulator and the loss scaler reach: finite gradients and weight."""
+    flags = [
+        tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
+        for g in grads
+        if g is not None
+    ]
+    if weight is not None:
+        weight = tf.convert_to_tensor(weight)
+        flags.append(tf.math.is_finite(weight) & (weight >= 0))
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+def _statistics_guard(model, optimizer) -> list:
+    """At trace time: BatchNorm windows follow the accumulator; snapshot their statistics."""
+    _batch_norm.resolve_accumulation_steps(model, _accumulation_steps(optimizer))
+    return _batch_norm.snapshot_statistics(model)
 
 
 def _guarded_apply(guard, optimizer, loss, grads, variables, weight) -> None:
@@ -250,6 +278,7 @@ class TrainStep:
     def _step_on_replica(self, x, y, sample_weight=None):
         self.trace_count += 1  # Python side effect: runs only while tracing
         model, optimizer = self.model, self.optimizer
+        statistics = _statistics_guard(model, optimizer)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss, weight = _loss_and_weight(self.loss, y, y_pred, sample_weight)
@@ -257,6 +286,7 @@ class TrainStep:
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
+        _batch_norm.keep_statistics_if(_step_is_finite(grads, weight), statistics)
         _guarded_apply(self.spike_guard, optimizer, loss, grads, variables, weight)
         return loss
 
@@ -303,6 +333,7 @@ def _compiled_loss(model: keras.Model) -> keras.losses.Loss:
 def _weighted_train_step(model: keras.Model, data):
     """``Model.train_step`` with TrainStep's loss, weight and apply (one replica)."""
     x, y, sample_weight = unpack_x_y_sample_weight(data)
+    statistics = _statistics_guard(model, model.optimizer)
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True) if _internals.call_has_training_arg(model) else model(x)
         loss, weight = _loss_and_weight(_compiled_loss(model), y, y_pred, sample_weight)
@@ -313,6 +344,7 @@ def _weighted_train_step(model: keras.Model, data):
     variables = model.trainable_variables
     guard = _spike_guard.installed_guard(model)
     grads = tape.gradient(scaled, variables)
+    _batch_norm.keep_statistics_if(_step_is_finite(grads, weight), statistics)
     _guarded_apply(guard, model.optimizer, loss, grads, variables, weight)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 

@@ -59,7 +59,7 @@ def _all_finite(grads) -> tf.Tensor:
 
 
 def _check_weight(weight):
-    """``None``, or a float32 scalar tensor; Python numbers are validated here."""
+    """``None``, or a float64 scalar tensor; Python numbers are validated here."""
     if weight is None:
         return None
     if isinstance(weight, bool):
@@ -69,7 +69,8 @@ def _check_weight(weight):
     if isinstance(weight, numbers.Real):
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"`weight` must be a finite number >= 0, received weight={weight!r}.")
-    weight = tf.cast(weight, tf.float32)
+    # float64: the window's sum of weights (token counts) stays exact to 2**53.
+    weight = tf.cast(weight, tf.float64)
     if weight.shape.rank not in (None, 0):
         raise ValueError(
             f"`weight` must be a scalar (one weight per micro-batch), received shape {weight.shape}."
@@ -239,10 +240,10 @@ class GradientAccumulator(keras.optimizers.Optimizer):
             for v in var_list
         ]
         # Sum of the weights of the finite micro-batches, and count of the
-        # dropped ones, in the open window (float32: they ride in the same
-        # all-reduce as the gradient sums).
-        self._window_weight = self._local_variable((), "float32", "sum", "window_weight")
-        self._window_dropped = self._local_variable((), "float32", "sum", "window_dropped")
+        # dropped ones, in the open window: float64, exact to 2**53 (a float32
+        # sum of token counts stops being exact past 2**24).
+        self._window_weight = self._local_variable((), "float64", "sum", "window_weight")
+        self._window_dropped = self._local_variable((), "float64", "sum", "window_dropped")
         self._micro_step = self._local_variable((), "int64", "only_first_replica", "micro_step")
         self._dropped = self._local_variable(
             (), "int64", "only_first_replica", "dropped_micro_batches"
@@ -455,14 +456,16 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                 if isinstance(g, tf.IndexedSlices) and not tf.distribute.has_strategy():
                     values = tf.cast(g.values, tf.float32)
                     if weight is not None:
-                        values = values * weight
+                        values = values * tf.cast(weight, tf.float32)
                     accumulator.value.scatter_add(
                         tf.IndexedSlices(values, g.indices, g.dense_shape)
                     )
                 else:
                     # Sync-on-read variables (one per replica) have no scatter_add.
                     g = tf.cast(tf.convert_to_tensor(g), tf.float32)
-                    accumulator.assign_add(g if weight is None else g * weight)
+                    accumulator.assign_add(
+                        g if weight is None else g * tf.cast(weight, tf.float32)
+                    )
             self._window_weight.assign_add(1.0 if weight is None else weight)
 
         def drop():
@@ -473,9 +476,17 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         self._micro_step.assign_add(1)
 
     def _window_values(self, variables):
-        """This replica's partial sums, then ``[sum of weights, dropped count]`` (all float32)."""
+        """This replica's partial sums (float32), then ``[sum of weights, dropped count]``.
+
+        The pair is float64 on one device (exact to 2**53); across replicas it
+        joins the sums' single float32 collective (a packed all-reduce needs
+        one dtype), so there the global sum is exact to 2**24.
+        """
         sums = [self._accumulators[_internals.variable_index(self, v)].value for v in variables]
-        return sums + [tf.stack([self._window_weight.value, self._window_dropped.value])]
+        pair = tf.stack([self._window_weight.value, self._window_dropped.value])
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            pair = tf.cast(pair, tf.float32)
+        return sums + [pair]
 
     def _update_if(self, close, variables):
         """Close the window on every replica iff ``close`` (same value on every replica).
@@ -483,7 +494,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         The only collective of a window is the one all-reduce inside the
         ``close`` branch: the partial sums, the sum of weights and the count of
         dropped micro-batches travel together (all float32, so the strategy
-        packs them into one collective). A micro-step that does not close a
+        packs them into one collective; see ``_window_values``). A micro-step that does not close a
         window communicates nothing.
         """
         if not _needs_merge_call():
@@ -545,7 +556,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         # Per-replica gradients follow Keras' convention (the loss is divided by
         # the number of replicas, so that the *sum* over replicas is the mean):
         # undo that factor here, since the sum over replicas is already taken.
-        scale = ops.divide(float(replicas), values[-1][0])
+        scale = ops.cast(ops.divide(float(replicas), values[-1][0]), "float32")
         grads = [
             ops.cast(ops.multiply(s, scale), v.dtype)
             for s, v in zip(values[:-1], variables, strict=True)
@@ -566,7 +577,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
             tf.distribute.get_strategy().num_replicas_in_sync
         )
         finite_sums = ops.logical_or(applied, ops.equal(values[-1][0], 0.0))
-        dropped = ops.where(finite_sums, values[-1][1], shards)
+        dropped = ops.where(finite_sums, values[-1][1], ops.cast(shards, values[-1][1].dtype))
         self._dropped.assign_add(ops.cast(dropped, "int64"))
         self._window_weight.assign(0.0)
         self._window_dropped.assign(0.0)
