@@ -157,6 +157,25 @@ def test_fit_ema_equals_the_ema_of_the_weights_after_each_update():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_installed_step_updates_the_averages_in_graph(accumulate):
+    x, y = _data()
+    inner = keras.optimizers.Adam(0.01)
+    model = _model(tfkit.GradientAccumulator(inner, 2) if accumulate else inner)
+    ema, record = WeightAveraging("ema", decay=0.8, final_weights="current"), _Record()
+    tfkit.training.install(model, weight_averaging=ema)
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[ema, record],
+              validation_data=(x, y))  # fmt: skip
+    assert ema.averaged_updates == len(record.seen) == (8 if accumulate else 16)
+    for a, b in zip(ema.get_averaged_weights(), _ema(record.seen, 0.8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_install_refuses_a_non_averaging():
+    with pytest.raises(TypeError, match="`weight_averaging` must be"):
+        tfkit.training.install(_model(keras.optimizers.SGD(0.1)), weight_averaging="ema")
+
+
 def test_gradient_accumulation_gives_the_averages_of_one_big_batch():
     x, y = _data()
     big = _model(keras.optimizers.SGD(0.05))
@@ -333,20 +352,25 @@ def test_backup_and_restore_resumes_the_averages_exactly(tmp_path, kwargs, stop_
 
 
 @pytest.mark.parametrize(
-    "case", [pytest.param("mirrored", marks=pytest.mark.slow), "jit_compile"]
-)
+    "case",
+    [pytest.param("mirrored", marks=pytest.mark.slow),
+     pytest.param("mirrored_installed", marks=pytest.mark.slow), "jit_compile"],
+)  # fmt: skip
 def test_mirrored_strategy_and_jit_compile_give_the_plain_averages(case, request):
     # XLA under MirroredStrategy on logical CPU devices fails inside Keras' own
     # step (resources on another device), with or without this callback: one each.
     x, y = _data()
     results = []
     for variant in ("plain", case):
-        strategy = request.getfixturevalue("mirrored_strategy") if variant == "mirrored" else None
+        mirrored = variant.startswith("mirrored")
+        strategy = request.getfixturevalue("mirrored_strategy") if mirrored else None
         with strategy.scope() if strategy else tf.device("/cpu:0"):
             keras.utils.set_random_seed(5)
             model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(1)])
             model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=variant == "jit_compile")
             ema = WeightAveraging("ema", decay=0.9, final_weights="current")
+            if variant == "mirrored_installed":
+                tfkit.training.install(model, weight_averaging=ema)
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[ema])
         assert ema.averaged_updates == 8
         results.append(ema.get_averaged_weights())

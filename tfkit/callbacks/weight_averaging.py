@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -20,6 +21,24 @@ KINDS = ("ema", "swa")
 BATCH_NORM = ("average", "recompute")
 FINAL_WEIGHTS = ("averaged", "current")
 _OWNER = "WeightAveraging"
+# model -> the averaging its installed train step updates in-graph (tfkit.training.install).
+_installed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def register_step(model, averaging) -> None:
+    """Record that ``model``'s train step updates ``averaging`` itself (None: it does not)."""
+    if averaging is None:
+        _installed.pop(model, None)
+    else:
+        _installed[model] = averaging
+
+
+def installed_averaging(model):
+    """The averaging ``model``'s train step updates in-graph, or None."""
+    try:
+        return _installed.get(model)
+    except TypeError:
+        return None
 
 
 def _plain(variable):
@@ -85,7 +104,11 @@ class WeightAveraging(keras.callbacks.Callback):
     (no host transfer), and averages only when it advanced. It advances once
     per real update: once per accumulation window under
     ``tfkit.GradientAccumulator`` (never per micro-batch), and not on a step a
-    loss-scale optimizer skipped for overflow.
+    loss-scale optimizer skipped for overflow. With
+    ``tfkit.training.install(model, weight_averaging=averaging)`` the same
+    function runs inside the train step instead, right after
+    ``optimizer.apply`` (no extra dispatch per batch; see docs/averaging.md
+    for the cost of each).
 
     **How they are kept.** One float32 variable per floating-point weight,
     created once on the weights' devices (mirrored under a
@@ -352,6 +375,25 @@ class WeightAveraging(keras.callbacks.Callback):
             self._bind()
         self._update_fn()
 
+    def update_in_step(self) -> None:
+        """The update, traced into a train step after ``optimizer.apply`` (a replica context).
+
+        ``tfkit.training.install(model, weight_averaging=...)`` calls it; the
+        callback must be bound (``on_train_begin``) before the step is traced.
+        """
+        fn = self._update_fn
+        if fn is None:
+            raise ValueError(
+                f"{_OWNER}: the train step was traced before this callback's on_train_begin; "
+                "pass it in fit's callbacks."
+            )
+        replica = tf.distribute.get_replica_context()
+        if replica is None or replica.num_replicas_in_sync == 1:
+            fn()
+        else:
+            # The averages are mirrored: update them once, from the cross-replica context.
+            replica.merge_call(lambda _: fn())
+
     # -- swapping ------------------------------------------------------------
     def _swap_in(self) -> bool:
         if self._update_fn is None:
@@ -514,7 +556,8 @@ class WeightAveraging(keras.callbacks.Callback):
             self._swap_out()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._update_fn()
+        if installed_averaging(self.model) is not self:
+            self._update_fn()  # else the train step did it, in-graph
 
     def on_epoch_end(self, epoch, logs=None):
         if self.swap_on_epoch:
