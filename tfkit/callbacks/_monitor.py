@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from tfkit import _validation
+from tfkit import _internals, _validation
 
 MODES = ("auto", "min", "max")
 THRESHOLD_MODES = ("abs", "rel")
@@ -32,7 +32,7 @@ def resolve_direction(owner: str, monitor: str, mode: str, model=None) -> str:
     if name == "loss":
         return "min"
     for metric in _all_metrics(model):
-        direction = getattr(metric, "_direction", None)
+        direction = _internals.metric_direction(metric)
         if metric.name == name and direction in ("up", "down"):
             return "max" if direction == "up" else "min"
     raise ValueError(
@@ -66,6 +66,25 @@ def is_improvement(current: float, best: float | None, direction: str,
     else:
         bound = best - min_delta if direction == "min" else best + min_delta
     return current < bound if direction == "min" else current > bound
+
+
+def keras_is_improvement(current, reference, direction: str, min_delta: float) -> bool:
+    """Keras' ``MonitorCallback._is_improvement``, decision for decision.
+
+    Keras compares ``current + min_delta < reference`` (min; ``current -
+    min_delta > reference`` for max) with ``keras.ops``: Python floats are
+    compared in float32 (floatx), float64 NumPy values in float64. Near-ties
+    (two losses within float32 rounding of ``min_delta``) therefore fall the
+    way Keras lets them fall, which float64 arithmetic would not reproduce.
+    A first value (``reference is None``) is always an improvement.
+    """
+    import keras
+
+    if reference is None:
+        return True
+    if direction == "min":
+        return bool(keras.ops.less(current - (-min_delta), reference))
+    return bool(keras.ops.greater(current - min_delta, reference))
 
 
 class MonitorLookup:

@@ -9,7 +9,7 @@ import weakref
 import keras
 import tensorflow as tf
 
-from tfkit import _validation
+from tfkit import _internals, _validation
 from tfkit.callbacks._snapshot import DeviceSnapshot
 from tfkit.callbacks._state import CallbackState
 from tfkit.optimizers.hyperparameters import control, install_for, resolve_optimizer
@@ -298,7 +298,7 @@ class SpikeGuard(keras.callbacks.Callback):
         """
         scale = tf.cast(optimizer.scale_loss(tf.constant(1.0)), tf.float32)
         replica = tf.distribute.get_replica_context()
-        if replica is None or tf.__internal__.distribute.strategy_supports_no_merge_call():
+        if replica is None or _internals.strategy_supports_no_merge_call():
             squared = _squared_norm(grads) / tf.square(scale) if self.gradient_norm else tf.constant(0.0)
             ok = self._decide(loss, squared)
 
