@@ -7,7 +7,6 @@ import json
 import keras
 import numpy as np
 import pytest
-
 from keras_defects import keras_defect
 
 from tfkit.callbacks import ScheduleFreeEvaluation
