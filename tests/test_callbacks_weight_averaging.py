@@ -99,6 +99,18 @@ def test_no_update_without_a_real_optimizer_update():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+def test_non_finite_weights_never_reach_the_averages():
+    sequence = [list(w) for w in GOLDEN["sequence"]]
+    sequence[4] = [np.full(SHAPES[0], np.nan), np.full(SHAPES[1], np.inf)]
+    callback = WeightAveraging("swa")
+    got = _custom_loop_averages(callback, sequence)
+    kept = [w for i, w in enumerate(sequence) if i != 4]
+    expected = [np.mean([np.asarray(w[j]) for w in kept], axis=0) for j in range(2)]
+    for a, b in zip(got[-1], expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert callback.state.get("nonfinite") == 1 and callback.averaged_updates == len(kept)
+
+
 # -- model.fit -------------------------------------------------------------------------------
 
 

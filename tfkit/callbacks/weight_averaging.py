@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkit import _validation
+from tfkit import _internals, _validation
 from tfkit.callbacks._state import CallbackState
 from tfkit.optimizers.hyperparameters import resolve_optimizer
 from tfkit.optimizers.tree import leaves, walk
@@ -55,18 +55,13 @@ def _is_float(variable) -> bool:
     return keras.backend.is_float_dtype(variable.dtype)
 
 
-def _batch_norm_layers(layer) -> list:
-    """BatchNormalization layers of ``layer``, following the public ``layers`` of nested models."""
-    found, stack, seen = [], [layer], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, keras.layers.BatchNormalization):
-            found.append(node)
-        stack.extend(reversed(list(getattr(node, "layers", None) or [])))
-    return found
+def _batch_norm_layers(model) -> list:
+    """Every BatchNormalization layer of ``model``, nested and custom layers included."""
+    return [
+        layer
+        for layer in _internals.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 def ema_decay(decay: float, averaged: int, warmup: bool) -> float:
@@ -109,6 +104,9 @@ class WeightAveraging(keras.callbacks.Callback):
     function runs inside the train step instead, right after
     ``optimizer.apply`` (no extra dispatch per batch; see docs/averaging.md
     for the cost of each).
+
+    An update whose weights are not all finite is not averaged (counted in
+    ``state.nonfinite``): a diverged step never reaches the averages.
 
     **How they are kept.** One float32 variable per floating-point weight,
     created once on the weights' devices (mirrored under a
@@ -220,6 +218,7 @@ class WeightAveraging(keras.callbacks.Callback):
             averaged=(0, tf.int64),  # n: updates averaged so far
             start=(-1 if start_epoch is not None else self.start_step, tf.int64),
             swapped=(0, tf.int64),  # 1 while the averages sit in the model
+            nonfinite=(0, tf.int64),  # updates not averaged: the weights were not finite
         )
         # Appended one by one in _bind so a checkpoint read before it (by
         # BackupAndRestore's on_train_begin) is restored into them on creation.
@@ -321,6 +320,10 @@ class WeightAveraging(keras.callbacks.Callback):
             state.averaged.assign_add(1)
             return tf.constant(True)
 
+        def skip_nonfinite():
+            state.nonfinite.assign_add(1)
+            return tf.constant(False)
+
         @tf.function(autograph=False)
         def update():
             u = tf.cast(leaf.iterations, tf.int64)
@@ -329,7 +332,15 @@ class WeightAveraging(keras.callbacks.Callback):
             due = tf.logical_and(due, u > start)
             due = tf.logical_and(due, tf.math.floormod(u - start, every) == 0)
             state.recorded.assign(u)
-            return tf.cond(due, average, lambda: tf.constant(False))
+
+            def average_if_finite():
+                # A diverged update must not reach the averages (they would stay NaN).
+                finite = tf.reduce_all(
+                    tf.stack([tf.reduce_all(tf.math.is_finite(w.read_value())) for w in plain])
+                )
+                return tf.cond(finite, average, skip_nonfinite)
+
+            return tf.cond(due, average_if_finite, lambda: tf.constant(False))
 
         @tf.function(autograph=False)
         def swap():
