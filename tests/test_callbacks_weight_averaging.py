@@ -479,3 +479,39 @@ def test_call_time_weights_keep_the_average_within_their_range(decay, kind, valu
         assert np.all(np.isfinite(a))
         low, high = min(values), max(values)
         assert np.all(a >= low - 1e-6 * abs(low)) and np.all(a <= high + 1e-6 * abs(high))
+
+
+# -- a real SIGKILL ----------------------------------------------------------------------------
+
+
+def _worker(*args):
+    import subprocess
+    import sys
+
+    worker = pathlib.Path(__file__).parent / "averaging_resume_worker.py"
+    return subprocess.run([sys.executable, str(worker), *map(str, args)], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+KILL_AT = [7, 30, 53] if os.environ.get("TFKIT_FULL") == "1" else [30]
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_exact_for_averages_and_guard_state(tmp_path):
+    reference = _worker(tmp_path / "ref_backup", tmp_path / "ref.npz")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = np.load(tmp_path / "ref.npz")
+    assert expected["counts"][2] == expected["counts"][3] >= 1  # the spiking batch rolled back
+    for kill_at in KILL_AT:
+        backup, out = tmp_path / f"backup_{kill_at}", tmp_path / f"out_{kill_at}.npz"
+        killed = _worker(backup, out, "--kill-at-batch", kill_at)
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        resumed = _worker(backup, out)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        got = np.load(out)
+        np.testing.assert_array_equal(got["counts"], expected["counts"])
+        np.testing.assert_allclose(got["statistics"], expected["statistics"], rtol=1e-6)
+        for key in expected.files:
+            if key.startswith("arr_"):
+                np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-7,
+                                           err_msg=f"{key}, killed at batch {kill_at}")  # fmt: skip
