@@ -183,6 +183,21 @@ def test_installed_step_updates_the_averages_in_graph(accumulate):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not hasattr(keras.optimizers, "MultiOptimizer"), reason="Keras MultiOptimizer")
+def test_parameter_groups_average_once_per_update():
+    x, y = _data()
+    groups = [keras.optimizers.Adam(0.01), keras.optimizers.SGD(0.05, momentum=0.9)]
+    optimizer = keras.optimizers.MultiOptimizer(
+        lambda v: groups[0 if "dense_1" in v.path or v.path.endswith("1/kernel") else 1]
+    )
+    model = _model(optimizer)
+    ema, record = WeightAveraging("ema", decay=0.7, final_weights="current"), _Record()
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[ema, record])
+    assert ema.averaged_updates == len(record.seen) == 8
+    for a, b in zip(ema.get_averaged_weights(), _ema(record.seen, 0.7), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_install_refuses_a_non_averaging():
     with pytest.raises(TypeError, match="`weight_averaging` must be"):
         tfkit.training.install(_model(keras.optimizers.SGD(0.1)), weight_averaging="ema")
