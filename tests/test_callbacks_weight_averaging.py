@@ -169,7 +169,7 @@ def test_fit_ema_equals_the_ema_of_the_weights_after_each_update():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("accumulate", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_installed_step_updates_the_averages_in_graph(accumulate):
     x, y = _data()
     inner = keras.optimizers.Adam(0.01)
@@ -349,12 +349,11 @@ def _resume_run(backup_dir, stop_at=None, **kwargs):
     return model, averaging
 
 
-RESUME_CASES = [
-    (dict(kind="ema", decay=0.7, warmup=True), 5),
-    pytest.param(dict(kind="swa", start_epoch=1, swap_on_epoch=True), 13, marks=pytest.mark.slow),
-]
+# In CI one case (slow); the SIGKILL test below covers SWA from an epoch and the guard.
+RESUME_CASES = [pytest.param(dict(kind="ema", decay=0.7, warmup=True), 5, marks=pytest.mark.slow)]
 if os.environ.get("TFKIT_FULL") == "1":
     RESUME_CASES += [
+        (dict(kind="swa", start_epoch=1, swap_on_epoch=True), 13),
         (dict(kind="ema", decay=0.7, warmup=True), 13),
         (dict(kind="swa", start_epoch=1, swap_on_epoch=True), 5),
         (dict(kind="swa", start_step=3, every=2, batch_norm="recompute"), 9),
@@ -481,7 +480,7 @@ def test_constructor_fuzz_errors_clearly_or_round_trips(kwargs):
     assert WeightAveraging.from_config(callback.get_config()).get_config() == callback.get_config()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     decay=st.floats(0.0, 0.999),
     kind=st.sampled_from(["ema", "swa"]),
@@ -513,8 +512,10 @@ KILL_AT = [7, 30, 53] if os.environ.get("TFKIT_FULL") == "1" else [30]
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_exact_for_averages_and_guard_state(tmp_path):
-    reference = _worker(tmp_path / "ref_backup", tmp_path / "ref.npz")
-    assert reference.returncode == 0, reference.stderr[-2000:]
+    import averaging_resume_worker
+
+    # The uninterrupted reference runs in this process (same seeds, same ops).
+    averaging_resume_worker.main([str(tmp_path / "ref_backup"), str(tmp_path / "ref.npz")])
     expected = np.load(tmp_path / "ref.npz")
     assert expected["counts"][2] == expected["counts"][3] >= 1  # the spiking batch rolled back
     for kill_at in KILL_AT:
