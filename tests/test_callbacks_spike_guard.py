@@ -330,3 +330,18 @@ def test_call_time_losses_never_put_non_finite_values_in_the_statistics(losses):
         assert ok == (np.isfinite(loss) and ok)
     assert np.isfinite(guard.state.get("loss_mean")) and np.isfinite(guard.state.get("loss_var"))
     assert guard.state.get("accepted") + guard.state.get("spikes") == len(losses)
+
+
+def test_events_reach_tensorboard(tmp_path):
+    x, y = _inject(*_data(), "loss")
+    model, guard = _model(), SpikeGuard("skip", warmup_steps=5)
+    board = keras.callbacks.TensorBoard(str(tmp_path))
+    _fit(model, x, y, guard, epochs=1, callbacks=[board])
+    values = {}
+    for path in (tmp_path / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag.startswith("epoch_"):
+                    values[value.tag] = float(tf.make_ndarray(value.tensor))
+    assert values["epoch_spikes"] == 1 and values["epoch_skipped_updates"] == 1
+    assert values["epoch_rollbacks"] == 0
