@@ -45,6 +45,7 @@ from tfkit._internals import (
     unscale_loss_for_distribution,
 )
 from tfkit.callbacks import spike_guard as _spike_guard
+from tfkit.callbacks import weight_averaging as _weight_averaging
 from tfkit.layers import batch_normalization as _batch_norm
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
@@ -346,6 +347,9 @@ def _weighted_train_step(model: keras.Model, data):
     grads = tape.gradient(scaled, variables)
     _batch_norm.keep_statistics_if(_step_is_finite(grads, weight), statistics)
     _guarded_apply(guard, model.optimizer, loss, grads, variables, weight)
+    averaging = _weight_averaging.installed_averaging(model)
+    if averaging is not None:
+        averaging.update_in_step()
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
@@ -358,7 +362,7 @@ def _check_guard(guard):
     return guard
 
 
-def install(model: keras.Model, spike_guard=None) -> keras.Model:
+def install(model: keras.Model, spike_guard=None, weight_averaging=None) -> keras.Model:
     """Make ``model.fit`` train with :class:`TrainStep`'s weighted micro-batches.
 
     Replaces ``model.train_step`` on this instance (not on its class) with a
@@ -380,6 +384,10 @@ def install(model: keras.Model, spike_guard=None) -> keras.Model:
     check then decides, per batch, whether the update is applied (pass the
     guard in ``fit``'s callbacks as well).
 
+    ``weight_averaging``: a :class:`~tfkit.callbacks.WeightAveraging`; the
+    step then updates its averages in-graph after each update instead of the
+    callback doing it after each batch (pass it in ``fit``'s callbacks as well).
+
     Example:
         >>> import keras, numpy as np, tfkit
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
@@ -393,6 +401,14 @@ def install(model: keras.Model, spike_guard=None) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
     _spike_guard.register_step(model, _check_guard(spike_guard))
+    if weight_averaging is not None and not isinstance(
+        weight_averaging, _weight_averaging.WeightAveraging
+    ):
+        raise TypeError(
+            "`weight_averaging` must be a tfkit.callbacks.WeightAveraging or None; received "
+            f"weight_averaging={weight_averaging!r} of type {type(weight_averaging).__name__}."
+        )
+    _weight_averaging.register_step(model, weight_averaging)
     _internals.bind_instance_method(model, "train_step", _weighted_train_step)
     model.train_function = None  # rebuilt around the new step by the next fit
     return model
