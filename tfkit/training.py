@@ -28,23 +28,22 @@ Example:
 from __future__ import annotations
 
 import inspect
-import types
 import warnings
 
 import keras
 import tensorflow as tf
 from keras import ops
-from keras.src.backend import get_keras_mask
-from keras.src.losses.loss import (
+from keras.utils import unpack_x_y_sample_weight
+
+from tfkit import _internals, _validation
+from tfkit._internals import (
+    LossFunctionWrapper,
     apply_mask,
+    get_keras_mask,
     reduce_weighted_values,
     scale_loss_for_distribution,
     unscale_loss_for_distribution,
 )
-from keras.src.losses.losses import LossFunctionWrapper
-from keras.src.trainers.data_adapters.data_adapter_utils import unpack_x_y_sample_weight
-
-from tfkit import _validation
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
 from tfkit.optimizers.tree import optimizer_chain
@@ -301,11 +300,11 @@ def _weighted_train_step(model: keras.Model, data):
     """``Model.train_step`` with TrainStep's loss, weight and apply (one replica)."""
     x, y, sample_weight = unpack_x_y_sample_weight(data)
     with tf.GradientTape() as tape:
-        y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
+        y_pred = model(x, training=True) if _internals.call_has_training_arg(model) else model(x)
         loss, weight = _loss_and_weight(_compiled_loss(model), y, y_pred, sample_weight)
         loss = _add_regularization(model, loss)
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
+        _internals.loss_tracker(model).update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
         scaled = model.optimizer.scale_loss(loss)
     variables = model.trainable_variables
     _apply(model.optimizer, tape.gradient(scaled, variables), variables, weight)
@@ -342,6 +341,6 @@ def install(model: keras.Model) -> keras.Model:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
-    model.train_step = types.MethodType(_weighted_train_step, model)
+    _internals.bind_instance_method(model, "train_step", _weighted_train_step)
     model.train_function = None  # rebuilt around the new step by the next fit
     return model

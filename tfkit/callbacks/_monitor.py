@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from tfkit import _validation
+from tfkit import _internals, _validation
 
 MODES = ("auto", "min", "max")
 THRESHOLD_MODES = ("abs", "rel")
@@ -32,7 +32,7 @@ def resolve_direction(owner: str, monitor: str, mode: str, model=None) -> str:
     if name == "loss":
         return "min"
     for metric in _all_metrics(model):
-        direction = getattr(metric, "_direction", None)
+        direction = _internals.metric_direction(metric)
         if metric.name == name and direction in ("up", "down"):
             return "max" if direction == "up" else "min"
     raise ValueError(

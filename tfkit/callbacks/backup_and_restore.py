@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkit import _validation
+from tfkit import _internals, _validation
 from tfkit.callbacks import _atomic
 from tfkit.optimizers.hyperparameters import install_for, knob_variables
 
@@ -326,7 +326,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             status = self._callback_checkpoint().read(os.path.join(path, "callbacks"))
             status.assert_existing_objects_matched()
         self.restored_from = path
-        self.model._initial_epoch = progress["epoch"]
+        _internals.set_initial_epoch(self.model, progress["epoch"])
         self._resume = (progress["epoch"], progress["batches_done"], arrays["metrics"])
 
     # -- bookkeeping ---------------------------------------------------------
@@ -391,7 +391,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._pending_epoch_save = epoch + 1
 
     def on_train_end(self, logs=None):
-        self.model._initial_epoch = None
+        _internals.set_initial_epoch(self.model, None)
         if self.delete_checkpoint:
             for _, path in self._backups():
                 _atomic.remove_tree(path)

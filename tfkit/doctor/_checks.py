@@ -7,6 +7,7 @@ accumulation, recomputation) produce no warning: a false alarm is a bug.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _internals
 from tfkit.doctor.report import Finding
 from tfkit.optimizers import innermost
 from tfkit.tuning._state import TrainingState
@@ -55,7 +57,7 @@ def _walk(model) -> list[tuple[str, keras.layers.Layer]]:
     found, seen = [], set()
 
     def visit(layer, prefix):
-        for sub in layer._flatten_layers(include_self=False, recursive=False):
+        for sub in _internals.flatten_layers(layer, include_self=False, recursive=False):
             if id(sub) in seen or isinstance(sub, keras.layers.InputLayer):
                 continue
             seen.add(id(sub))
@@ -71,7 +73,7 @@ def _owned(model, trainable=True) -> list[tuple[str, list]]:
     """``(layer path, variables the layer owns itself)`` for the layers that own any."""
     groups = []
     for path, layer in _walk(model):
-        subs = layer._flatten_layers(include_self=False, recursive=False)
+        subs = _internals.flatten_layers(layer, include_self=False, recursive=False)
         below = {id(v) for s in subs for v in (s.trainable_weights if trainable else s.weights)}
         own = [
             v
@@ -458,9 +460,8 @@ def _changes(run, first, second) -> list[float]:
     return changes
 
 
-def _batchnorm_in_inference(model) -> list:
-    """Make every BatchNormalization use its moving statistics; returns what to undo."""
-    patched = []
+def _batchnorm_in_inference(model, stack: contextlib.ExitStack) -> None:
+    """Make every BatchNormalization use its moving statistics until ``stack`` closes."""
     for _, layer in _walk(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             original = layer.call
@@ -469,9 +470,7 @@ def _batchnorm_in_inference(model) -> list:
                 return _original(inputs, training=False, mask=mask)
 
             # An instance attribute shadows the class's call for this probe only.
-            object.__setattr__(layer, "call", call)
-            patched.append(layer)
-    return patched
+            stack.enter_context(_internals.shadow_attribute(layer, "call", call))
 
 
 def check_batch_independence(ctx) -> list[Finding]:
@@ -502,12 +501,11 @@ def check_batch_independence(ctx) -> list[Finding]:
             state.restore()
             return probe(v, training=True)
 
-        patched = _batchnorm_in_inference(model)
         try:
-            data["relative_change_training"] = _changes(replay, first, second)
+            with contextlib.ExitStack() as stack:
+                _batchnorm_in_inference(model, stack)
+                data["relative_change_training"] = _changes(replay, first, second)
         finally:
-            for layer in patched:
-                object.__delattr__(layer, "call")
             state.restore()
         mode = "training"
     changes = data["relative_change"] if mode == "inference" else data["relative_change_training"]
@@ -666,20 +664,13 @@ def check_dead_units(ctx) -> list[Finding]:
 
         return record
 
-    saved = []
-    try:
+    with contextlib.ExitStack() as stack:
         for path, layer, how in targets:
-            saved.append((layer, how, getattr(layer, how)))
             # Instance attributes shadow the class: the eager forward below calls the recorder.
-            object.__setattr__(layer, how, recorder(path, getattr(layer, how)))
+            recorded = recorder(path, getattr(layer, how))
+            stack.enter_context(_internals.shadow_attribute(layer, how, recorded))
         for x, _, _ in ctx.batches:
             model(x, training=False)
-    finally:
-        for layer, how, original in saved:
-            if how == "call":
-                object.__delattr__(layer, "call")
-            else:
-                object.__setattr__(layer, how, original)
     names = [p for p, _, _ in targets if p in active]
     dead = [float(1 - active[p].mean()) for p in names]
     zero = [zeros[p][0] / max(zeros[p][1], 1) for p in names]
@@ -814,7 +805,7 @@ def _past_warmup(model) -> str:
     """
     try:
         owner = innermost(model.optimizer)
-        schedule = owner._learning_rate
+        schedule = _internals.learning_rate_object(owner)
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             return ""
         now = int(owner.iterations.numpy())
@@ -928,7 +919,7 @@ def _overfit(ctx, x, y, sw) -> list[float]:
 
 def _dataset_ops(dataset) -> set[str]:
     try:
-        graph = tf.raw_ops.DatasetToGraphV2(input_dataset=dataset._variant_tensor)
+        graph = tf.raw_ops.DatasetToGraphV2(input_dataset=_internals.dataset_variant(dataset))
         graph_def = tf.compat.v1.GraphDef.FromString(graph.numpy())
     except Exception:  # noqa: BLE001 - structure is advice only
         return set()

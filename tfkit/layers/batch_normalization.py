@@ -28,6 +28,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfkit import _internals
+
 __all__ = ["BatchNormalization"]
 
 
@@ -126,7 +128,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)  # Keras raises
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         inputs = ops.cast(inputs, compute_dtype)
-        mean, variance = self._moments(inputs, mask)
+        mean, variance = _internals.batch_normalization_moments(self, inputs, mask)
         self._accumulate(inputs, mask)
         gamma = ops.cast(self.gamma, inputs.dtype) if self.scale else None
         beta = ops.cast(self.beta, inputs.dtype) if self.center else None
@@ -145,7 +147,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         rank = len(inputs.shape)
         shift = self._broadcast(ops.cast(self.moving_mean, "float32"), rank)
         centered = ops.cast(inputs, "float32") - shift
-        axes = self._reduction_axes
+        axes = _internals.batch_normalization_reduction_axes(self)
         if mask is None:
             weights = ops.ones_like(centered)
         else:

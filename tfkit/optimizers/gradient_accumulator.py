@@ -17,17 +17,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import numbers
-import threading
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from tfkit import _validation
+from tfkit import _internals, _validation
 
 __all__ = ["GradientAccumulator"]
 
@@ -43,9 +41,7 @@ def _needs_merge_call() -> bool:
     ``merge_call`` (the inner optimizer's update does), so under such a
     strategy the update decision has to be taken in cross-replica context.
     """
-    return tf.distribute.has_strategy() and not (
-        tf.__internal__.distribute.strategy_supports_no_merge_call()
-    )
+    return tf.distribute.has_strategy() and not _internals.strategy_supports_no_merge_call()
 
 
 def _variable_name(variable) -> str:
@@ -102,47 +98,6 @@ def _check_weight(weight):
             f"`weight` must be a scalar (one weight per micro-batch), received shape {weight.shape}."
         )
     return tf.reshape(weight, ())
-
-
-_SWITCH_LOCK = threading.Lock()
-_SWITCHED_OFF: dict[int, int] = {}
-
-
-def _identity_reduce(grads_and_vars):
-    return list(grads_and_vars)
-
-
-@contextlib.contextmanager
-def _already_reduced(optimizer, replicas):
-    """Let a Keras optimizer apply gradients that are already summed over replicas.
-
-    Keras' TensorFlow optimizers all-reduce the gradients they receive
-    (``_all_reduce_sum_gradients``). The accumulator has reduced them already,
-    together with its weights and counts, so the inner's all-reduce is switched
-    off for this call: one collective per window instead of two, and clipping
-    sees the global gradient on every replica.
-    """
-    if replicas == 1:
-        yield True
-        return
-    if not hasattr(optimizer, "_all_reduce_sum_gradients"):
-        yield False
-        return
-    # MirroredStrategy traces its replicas in parallel threads: the switch is
-    # reference-counted so that the first replica to finish does not switch
-    # it back on under another one.
-    with _SWITCH_LOCK:
-        if _SWITCHED_OFF.get(id(optimizer), 0) == 0:
-            optimizer._all_reduce_sum_gradients = _identity_reduce
-        _SWITCHED_OFF[id(optimizer)] = _SWITCHED_OFF.get(id(optimizer), 0) + 1
-    try:
-        yield True
-    finally:
-        with _SWITCH_LOCK:
-            _SWITCHED_OFF[id(optimizer)] -= 1
-            if _SWITCHED_OFF[id(optimizer)] == 0:
-                del _SWITCHED_OFF[id(optimizer)]
-                del optimizer._all_reduce_sum_gradients
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -333,12 +288,12 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                 synchronization="on_read",
                 name=name,
             )
-        self._track_variable(variable)
+        _internals.track_variable(self, variable)
         return variable
 
     @property
     def variables(self):
-        return self._variables + self.inner_optimizer.variables
+        return _internals.optimizer_own_variables(self) + self.inner_optimizer.variables
 
     @property
     def micro_step(self) -> tf.Variable:
@@ -441,13 +396,13 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                     "When passing `grads` without `trainable_variables`, the "
                     "optimizer must already be built: call optimizer.build(variables)."
                 )
-            trainable_variables = self._trainable_variables
+            trainable_variables = _internals.trainable_variables(self)
         else:
             trainable_variables = list(trainable_variables)
             if not self.built:
                 with keras.name_scope(self.name, caller=self):
                     self.build(trainable_variables)
-            self._check_variables_are_known(trainable_variables)
+            _internals.check_variables_are_known(self, trainable_variables)
         if len(grads) != len(trainable_variables):
             raise ValueError(
                 f"Received {len(grads)} gradients for {len(trainable_variables)} variables."
@@ -495,7 +450,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         self._check_built("flush")
         # The strategy the optimizer was created under, even when flush() is
         # called outside its scope: the sums live on its replicas.
-        strategy = getattr(self, "_distribution_strategy", None) or tf.distribute.get_strategy()
+        strategy = _internals.distribution_strategy(self) or tf.distribute.get_strategy()
         outside_replicas = (
             not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context()
         )
@@ -511,7 +466,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     def _flush_in_replica(self):
         with keras.name_scope(self.name, caller=self):
-            self._update_if(ops.greater(self._micro_step, 0), self._trainable_variables)
+            self._update_if(ops.greater(self._micro_step, 0), _internals.trainable_variables(self))
 
     @staticmethod
     def _micro_batch_is_finite(grads, weight, finite=None):
@@ -526,7 +481,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     def _add(self, pairs, weight):
         for g, v in pairs:
-            accumulator = self._accumulators[self._get_variable_index(v)]
+            accumulator = self._accumulators[_internals.variable_index(self, v)]
             if isinstance(g, tf.IndexedSlices) and not tf.distribute.has_strategy():
                 values = tf.cast(g.values, tf.float32)
                 if weight is not None:
@@ -557,7 +512,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
     def _window_values(self, variables):
         """This replica's partial sums, then ``[sum of weights, dropped count]`` (all float32)."""
-        sums = [self._accumulators[self._get_variable_index(v)].value for v in variables]
+        sums = [self._accumulators[_internals.variable_index(self, v)].value for v in variables]
         return sums + [tf.stack([self._window_weight.value, self._window_dropped.value])]
 
     def _micro_step_in_replica(self, pairs, weight, finite, on_close):
@@ -688,7 +643,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
             ops.cast(ops.multiply(s, scale), v.dtype)
             for s, v in zip(values[:-1], variables, strict=True)
         ]
-        with _already_reduced(self.inner_optimizer, replicas) as grads_are_reduced:
+        with _internals.all_reduce_already_done(self.inner_optimizer, replicas) as grads_are_reduced:
             if not grads_are_reduced:
                 # An optimizer that all-reduces some other way: hand each replica
                 # its share, which that all-reduce sums back to the mean.
@@ -698,7 +653,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
     def _reset_window(self, values, applied, variables, pending=0):
         """Zero the window; ``pending`` calls of it are not yet in ``micro_step`` (1 when closing early)."""
         for v in variables:
-            accumulator = self._accumulators[self._get_variable_index(v)]
+            accumulator = self._accumulators[_internals.variable_index(self, v)]
             # A constant, not zeros_like(value): no read of the variable.
             accumulator.assign(tf.zeros(accumulator.shape, accumulator.dtype))
         # A window whose sums overflowed is dropped whole: count all its shards.

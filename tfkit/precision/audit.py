@@ -39,6 +39,7 @@ import dataclasses
 
 import keras
 
+from tfkit import _internals
 from tfkit.optimizers import optimizer_chain
 
 __all__ = ["Finding", "audit"]
@@ -153,7 +154,7 @@ def _output_tensors(model: keras.Model):
         return list(keras.tree.flatten(model.outputs))
     except (AttributeError, ValueError):
         pass
-    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    shapes = _internals.build_shapes(model)
     if len(shapes) != 1:
         return []  # cannot trace a subclassed model without a single known input shape
     (shape,) = shapes.values()
@@ -170,7 +171,7 @@ def _check_outputs(model: keras.Model, findings: list[Finding]) -> set[str]:
         dtype = keras.backend.standardize_dtype(tensor.dtype)
         if dtype not in _HALF:
             continue
-        history = getattr(tensor, "_keras_history", None)
+        history = _internals.keras_history(tensor)
         layer = history.operation if history is not None else model
         what = "softmax output" if _is_softmax(layer) else "output"
         findings.append(

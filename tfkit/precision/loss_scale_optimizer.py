@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
-from keras.src.utils import tracking
 
+from tfkit import _internals
 from tfkit.optimizers import GradientAccumulator, optimizer_chain
 
 __all__ = ["LossScaleOptimizer"]
@@ -185,7 +185,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)
 
-    @tracking.no_automatic_dependency_tracking
+    @_internals.no_automatic_dependency_tracking
     def build(self, var_list):
         super().build(var_list)
         # Same aggregation as Keras' own step counter: written only in the
@@ -214,28 +214,29 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     def apply(self, grads, trainable_variables=None, weight=None):
         """Keras' ``apply``; ``weight`` is handed to an inner ``GradientAccumulator``."""
-        if weight is None:
-            return super().apply(grads, trainable_variables)
+        # The whole update is this class's own (not Keras' private
+        # ``_tf_apply``/``_stateful_handle_*`` hooks overridden): a Keras
+        # release that renames them cannot route around the bounds.
         if not self.built:
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
-        return self._tf_apply(grads, trainable_variables, weight=weight)
+        return self._apply_checked(grads, trainable_variables, weight=weight)
 
-    def _stateful_handle_finite_grads(self, grads, trainable_variables, weight=None):
-        tvs = trainable_variables or self._trainable_variables
+    def _apply_finite(self, grads, trainable_variables, weight=None):
+        tvs = trainable_variables or _internals.trainable_variables(self)
         unscaled = self._unscale(grads, tvs)
         extra = {} if weight is None else {"weight": weight}
         self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables, **extra)
         self._count_finite_step()
 
-    def _stateful_handle_non_finite_grads(self):
+    def _skip_non_finite(self):
         self.step_counter.assign(0)
         self.dynamic_scale.assign(
             ops.maximum(ops.multiply(self.dynamic_scale, self.backoff_factor), self.min_scale)
         )
         self._skipped_steps.assign_add(1)
 
-    def _tf_apply(self, grads, trainable_variables=None, weight=None):
+    def _apply_checked(self, grads, trainable_variables=None, weight=None):
         # Keras decides "finite" from the first replica's *local* gradients,
         # before they are all-reduced: an inf on another replica then reaches
         # the weights (NaN weights under MirroredStrategy). Here every replica
@@ -249,15 +250,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         ):
             self._apply_to_window(grads, trainable_variables, weight)
             return
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        if _internals.strategy_supports_no_merge_call():
             finite = self.check_finite(grads)
             if replica.num_replicas_in_sync > 1:
                 bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, _nonfinite(finite))
                 finite = ops.equal(bad, 0.0)
             ops.cond(
                 finite,
-                lambda: self._stateful_handle_finite_grads(grads, trainable_variables, weight),
-                self._stateful_handle_non_finite_grads,
+                lambda: self._apply_finite(grads, trainable_variables, weight),
+                self._skip_non_finite,
             )
             return
 
@@ -269,12 +270,12 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
             def apply_fn():
                 distribution.extended.call_for_each_replica(
-                    self._stateful_handle_finite_grads, args=(grads, trainable_variables, weight)
+                    self._apply_finite, args=(grads, trainable_variables, weight)
                 )
 
             # The cond must run in cross-replica context: the inner optimizer's
             # apply calls merge_call, which a replica-context cond cannot hold.
-            ops.cond(ops.equal(bad, 0.0), apply_fn, self._stateful_handle_non_finite_grads)
+            ops.cond(ops.equal(bad, 0.0), apply_fn, self._skip_non_finite)
 
         replica.merge_call(handle_cross_replica, args=(grads, trainable_variables, weight))
 
@@ -290,7 +291,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         (``skipped_steps += 1``), a clean window counts one step towards
         ``dynamic_growth_steps``.
         """
-        tvs = list(trainable_variables or self._trainable_variables)
+        tvs = list(trainable_variables or _internals.trainable_variables(self))
         self.inner_optimizer._apply_checked(
             self._unscale(grads, tvs),
             tvs,
@@ -303,14 +304,16 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         """``reduced = [sum of weights, dropped shards]`` of the closed window, over replicas."""
         ops.cond(
             ops.greater(reduced[1], 0.0),
-            self._stateful_handle_non_finite_grads,
+            self._skip_non_finite,
             self._count_finite_step,
         )
 
     def _unscale(self, grads, trainable_variables):
         scale = self.dynamic_scale
         return [
-            g if g is None or self._overwrite_variable_with_gradient(v) else ops.divide(g, scale)
+            g
+            if g is None or _internals.overwrites_variable_with_gradient(self, v)
+            else ops.divide(g, scale)
             for g, v in zip(grads, trainable_variables, strict=True)
         ]
 

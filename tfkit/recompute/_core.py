@@ -13,13 +13,9 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 
-import keras
 import tensorflow as tf
-from keras.src.backend.common import global_state
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-from keras.src.layers.layer import CallContext
-from tensorflow.python.eager import record
 
+from tfkit import _internals
 from tfkit.recompute import _state as state
 
 __all__ = ["recompute_call"]
@@ -71,7 +67,7 @@ def _is_differentiable(x) -> bool:
 
 def _tape_is_recording() -> bool:
     """True if some gradient tape could record this call (checked at trace time)."""
-    return record.could_possibly_record()
+    return _internals.tape_could_record()
 
 
 def _zero_after(dys: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -115,7 +111,7 @@ def recompute_call(
             non-deterministic op); ``None`` if unknown.
         warned: a set shared across calls so each warning is given once.
     """
-    if in_symbolic_scope() or not _tape_is_recording():
+    if _internals.in_symbolic_scope() or not _tape_is_recording():
         # Shape inference, building, inference: nothing to differentiate.
         return fn(*args, **kwargs)
 
@@ -147,14 +143,12 @@ def recompute_call(
         a, k = tf.nest.pack_sequence_as(structure, filled)
         return fn(*a, **k)
 
-    call_context = global_state.get_global_attribute("current_call_ctx") or CallContext(
-        entry_layer=None
-    )
-    autocast = keras.src.backend.get_autocast_scope()
+    call_context = _internals.current_call_context() or _internals.new_call_context()
+    autocast = _internals.autocast_scope()
 
     @_custom_gradient
     def block(*values):
-        with state.AssignRecorder() as recorder, record.stop_recording():
+        with state.AssignRecorder() as recorder, _internals.stop_recording():
             outputs = call_with(values)
         flat_outputs = tf.nest.flatten(outputs)
 

@@ -30,8 +30,8 @@ import threading
 
 import keras
 import tensorflow as tf
-from keras.src.backend.common import global_state
 
+from tfkit import _internals
 from tfkit._internals import KerasVariableBase as _KerasVariable
 
 __all__ = [
@@ -70,7 +70,7 @@ def _acquire_patch() -> None:
         if _active_recorders == 0:
             if _original_assign is None:
                 _original_assign = _KerasVariable.assign
-            _KerasVariable.assign = _recording_assign
+            _internals.set_variable_assign(_recording_assign)
         _active_recorders += 1
 
 
@@ -80,12 +80,12 @@ def _release_patch() -> None:
         _active_recorders -= 1
         if _active_recorders == 0:
             # _original_assign stays set: a thread already inside _recording_assign still needs it.
-            _KerasVariable.assign = _original_assign
+            _internals.set_variable_assign(_original_assign)
 
 
 def _raw_value(variable):
     """A copy of the variable's current value, in its own dtype (no autocast)."""
-    with keras.src.backend.AutocastScope(None):
+    with _internals.AutocastScope(None):
         value = tf.convert_to_tensor(variable.value)
     # A real copy, as Keras' SeedGenerator.next does: a read can alias the
     # variable's buffer, which the assignment that follows may update in place.
@@ -149,17 +149,17 @@ def replay_scope(mapping, call_context, autocast_dtype, has_autocast):
             forward pass (``None`` for a scope that disables autocasting).
         has_autocast: whether an autocast scope was active at all.
     """
-    saved_ctx = global_state.get_global_attribute("current_call_ctx")
-    global_state.set_global_attribute("current_call_ctx", call_context)
+    saved_ctx = _internals.current_call_context()
+    _internals.set_current_call_context(call_context)
     try:
         with _NoRecording(), keras.StatelessScope(state_mapping=mapping):
             if has_autocast:
-                with keras.src.backend.AutocastScope(autocast_dtype):
+                with _internals.AutocastScope(autocast_dtype):
                     yield
             else:
                 yield
     finally:
-        global_state.set_global_attribute("current_call_ctx", saved_ctx)
+        _internals.set_current_call_context(saved_ctx)
 
 
 # TensorFlow ops whose result or effect differs when run a second time.

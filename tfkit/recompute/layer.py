@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import keras
 
+from tfkit import _internals
 from tfkit.recompute._core import recompute_call
 
 __all__ = ["Recompute", "recompute", "recompute_sequential"]
@@ -99,7 +100,7 @@ class Recompute(keras.layers.Layer):
             args,
             kwargs,
             owner=f"Recompute({self.name!r})",
-            layers=lambda: list(self.layer._flatten_layers(include_self=True)),
+            layers=lambda: _internals.flatten_layers(self.layer),
             warned=self._warned,
         )
 
@@ -225,7 +226,7 @@ def recompute(fn: Callable) -> Callable:
     name = getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
     layers = None
     if isinstance(fn, keras.layers.Layer):
-        layers = lambda: list(fn._flatten_layers(include_self=True))  # noqa: E731
+        layers = lambda: _internals.flatten_layers(fn)  # noqa: E731
     warned: set[str] = set()
 
     def wrapped(*args, **kwargs):

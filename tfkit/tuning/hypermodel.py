@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import keras
 
+from tfkit import _internals
+
 __all__ = [  # noqa: F822 - TfkitHyperModel is created on first access (module __getattr__)
     "DEFAULT_SCHEDULES",
     "TfkitHyperModel",
@@ -306,14 +308,16 @@ def allow_missing_tensorboard(tuner):
     try:
         import tensorboard.plugins.hparams.api  # noqa: F401
     except ImportError:
-        original = tuner._configure_tensorboard_dir
 
-        def configure(callbacks, trial, execution=0):
-            if any(type(c).__name__ == "TensorBoard" for c in callbacks):
-                return original(callbacks, trial, execution)  # raises the import error
-            return None
+        def make(original):
+            def configure(callbacks, trial, execution=0):
+                if any(type(c).__name__ == "TensorBoard" for c in callbacks):
+                    return original(callbacks, trial, execution)  # raises the import error
+                return None
 
-        tuner._configure_tensorboard_dir = configure
+            return configure
+
+        _internals.tuner_tensorboard_hook(tuner, make)
     return tuner
 
 
