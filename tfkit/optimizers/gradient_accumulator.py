@@ -336,6 +336,19 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         self.inner_optimizer.learning_rate = learning_rate
 
     @property
+    def optimizers(self):
+        """The inner ``MultiOptimizer``'s sub-optimizers (``AttributeError`` for a single inner).
+
+        Keras' ``TensorBoard`` logs one ``learning_rate_<name>`` per entry when an
+        optimizer has ``optimizers`` (the groups' rates; a ``MultiOptimizer``
+        has no single ``learning_rate``).
+        """
+        subs = getattr(self.inner_optimizer, "optimizers", None)
+        if subs is None:
+            raise AttributeError(f"{self.inner_optimizer.name!r} has no parameter groups.")
+        return subs
+
+    @property
     def loss_scale_factor(self):
         inner = getattr(self, "inner_optimizer", None)
         return None if inner is None else inner.loss_scale_factor

@@ -113,7 +113,9 @@ class Recompute(keras.layers.Layer):
         if not self.layer.built:
             # First call: let the layer create its variables outside the
             # custom gradient. Usually a symbolic call (functional model, fit's
-            # symbolic build), where nothing is recomputed anyway.
+            # symbolic build), where nothing is recomputed anyway. Its variable
+            # paths are those it would have unwrapped (see adopt_parent_path).
+            _internals.adopt_parent_path(self.layer, self)
             return self.layer(*args, **kwargs)
         if self.save is not None:
             return self._call_selective(args, training, mask, kwargs)
