@@ -204,8 +204,12 @@ class TrainStep:
         grads = d optimizer.scale_loss(loss) / d trainable_variables
         optimizer.apply(grads, trainable_variables)
 
-    and returns ``{"loss": global mean loss}`` (the unscaled value, reduced
-    across replicas).
+    and returns ``{"loss": global mean loss}`` (the unscaled value, summed
+    over replicas). The step itself all-reduces nothing for the logs: with one
+    process (``MirroredStrategy``) the replicas' scalar losses are summed on
+    one device, so under a ``GradientAccumulator`` a micro-step that does not
+    close a window runs no collective at all. Only a multi-worker strategy
+    pays one scalar all-reduce per step for the logged loss.
 
     **Weighted micro-batches.** When the optimizer chain holds a
     :class:`~tfkit.optimizers.GradientAccumulator`, the step passes it the
@@ -271,6 +275,12 @@ class TrainStep:
                 f"received strategy={strategy!r} of type {type(strategy).__name__}"
             )
         self.strategy = strategy or tf.distribute.get_strategy()
+        # Multi-worker strategies: other processes hold replicas, and only a
+        # collective reaches their losses.
+        replicas = self.strategy.num_replicas_in_sync
+        self._all_replicas_local = replicas == 1 or replicas == len(
+            self.strategy.extended.worker_devices
+        )
         self.spike_guard = _check_guard(spike_guard)
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)
         self._function = tf.function(self._distributed_step)
@@ -293,7 +303,13 @@ class TrainStep:
 
     def _distributed_step(self, x, y, sample_weight=None):
         per_replica = self.strategy.run(self._replica_step, args=(x, y, sample_weight))
-        # Each replica's loss is already divided by the replica count.
+        # Each replica's loss is already divided by the replica count, so the
+        # global mean is their sum.
+        if self._all_replicas_local:
+            # The logged loss needs no collective: the replicas of this process
+            # hand their scalars to one device, as fit's logs do. Under
+            # accumulation a micro-step then communicates nothing at all.
+            return tf.add_n(list(self.strategy.experimental_local_results(per_replica)))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def _build(self, x) -> None:
