@@ -30,6 +30,7 @@ Modules, by what they reach into:
 from tfkit._internals.layers import (
     AutocastScope,
     KerasVariableBase,
+    adopt_parent_path,
     autocast_scope,
     batch_normalization_moments,
     batch_normalization_reduction_axes,
@@ -43,21 +44,21 @@ from tfkit._internals.layers import (
     set_variable_assign,
 )
 from tfkit._internals.optimizers import (
+    ScheduledFloat,
     all_reduce_already_done,
-    base_current_learning_rate,
     check_variables_are_known,
-    current_learning_rate_attribute,
+    clear_scheduled_float,
     distribution_strategy,
-    learning_rate_is_constant,
     learning_rate_object,
     no_automatic_dependency_tracking,
     optimizer_own_variables,
     overwrites_variable_with_gradient,
     schedule_free_z,
+    set_learning_rate_object,
+    set_scheduled_float,
     track_variable,
     trainable_variables,
     variable_index,
-    wrap_method,
 )
 from tfkit._internals.patching import (
     bind_instance_method,
@@ -89,13 +90,11 @@ from tfkit._internals.training import (
 )
 
 __all__ = [
-    "wrap_method",
-    "learning_rate_is_constant",
-    "current_learning_rate_attribute",
-    "base_current_learning_rate",
     "AutocastScope",
     "KerasVariableBase",
     "LossFunctionWrapper",
+    "ScheduledFloat",
+    "adopt_parent_path",
     "all_reduce_already_done",
     "apply_mask",
     "autocast_scope",
@@ -105,6 +104,7 @@ __all__ = [
     "build_shapes",
     "call_has_training_arg",
     "check_variables_are_known",
+    "clear_scheduled_float",
     "current_call_context",
     "dataset_variant",
     "distribution_strategy",
@@ -128,6 +128,8 @@ __all__ = [
     "schedule_free_z",
     "set_current_call_context",
     "set_initial_epoch",
+    "set_learning_rate_object",
+    "set_scheduled_float",
     "set_variable_assign",
     "shadow_attribute",
     "stop_recording",
