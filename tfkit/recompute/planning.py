@@ -312,6 +312,19 @@ def plan(
             budget below the smallest peak any plan reaches (the message
             gives that peak).
         RuntimeError: the default measurement on a CPU without the BFC allocator.
+
+    Example (an injected measurement: every recomputed block saves 30 bytes):
+        >>> import keras, numpy as np, tfkit
+        >>> blocks = [keras.Sequential([keras.layers.Dense(16), keras.layers.ReLU(),
+        ...                             keras.layers.Dense(4)], name=f"b{i}") for i in range(2)]
+        >>> model = keras.Sequential([keras.Input((4,)), *blocks])
+        >>> def fake(m):
+        ...     return 100 - 30 * sum(isinstance(l, tfkit.recompute.Recompute) for l in m.layers)
+        >>> p = tfkit.recompute.plan(model, (np.ones((2, 4), "float32"),), 0.7, measure=fake)
+        >>> p.baseline_peak, p.predicted_peak, [b.option for b in p.blocks]
+        (100, 70, ['none', 'selective'])
+        >>> [type(layer).__name__ for layer in p.apply().layers]
+        ['Sequential', 'Recompute']
     """
     if not isinstance(model, keras.Model) or not model.built:
         raise TypeError(f"plan: `model` must be a built keras.Model; received {model!r}.")
