@@ -69,20 +69,20 @@ def _all_finite(grads) -> tf.Tensor:
 def _weighted(g, weight):
     """``weight * g`` in float32 (``g`` itself when there is no weight)."""
     g = tf.cast(tf.convert_to_tensor(g), tf.float32)
-    return g if weight is None else g * weight
+    return g if weight is None else g * tf.cast(weight, tf.float32)
 
 
 def _plus(total, g, weight):
     """``total + weight * g``; an ``IndexedSlices`` is added into a dense copy of ``total``."""
     if isinstance(g, tf.IndexedSlices):
         values = tf.cast(g.values, tf.float32)
-        values = values if weight is None else values * weight
+        values = values if weight is None else values * tf.cast(weight, tf.float32)
         return tf.tensor_scatter_nd_add(total, tf.expand_dims(g.indices, -1), values)
     return total + _weighted(g, weight)
 
 
 def _check_weight(weight):
-    """``None``, or a float32 scalar tensor; Python numbers are validated here."""
+    """``None``, or a float64 scalar tensor; Python numbers are validated here."""
     if weight is None:
         return None
     if isinstance(weight, bool):
@@ -92,7 +92,8 @@ def _check_weight(weight):
     if isinstance(weight, numbers.Real):
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"`weight` must be a finite number >= 0, received weight={weight!r}.")
-    weight = tf.cast(weight, tf.float32)
+    # float64: the window's sum of weights (token counts) stays exact to 2**53.
+    weight = tf.cast(weight, tf.float64)
     if weight.shape.rank not in (None, 0):
         raise ValueError(
             f"`weight` must be a scalar (one weight per micro-batch), received shape {weight.shape}."
@@ -264,8 +265,8 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         # Sum of the weights of the finite micro-batches, and count of the
         # dropped ones, in the open window (float32: they ride in the same
         # all-reduce as the gradient sums).
-        self._window_weight = self._local_variable((), "float32", "sum", "window_weight")
-        self._window_dropped = self._local_variable((), "float32", "sum", "window_dropped")
+        self._window_weight = self._local_variable((), "float64", "sum", "window_weight")
+        self._window_dropped = self._local_variable((), "float64", "sum", "window_dropped")
         self._micro_step = self._local_variable((), "int64", "only_first_replica", "micro_step")
         self._dropped = self._local_variable(
             (), "int64", "only_first_replica", "dropped_micro_batches"
@@ -524,9 +525,17 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         self._micro_step.assign_add(1)
 
     def _window_values(self, variables):
-        """This replica's partial sums, then ``[sum of weights, dropped count]`` (all float32)."""
+        """This replica's partial sums (float32), then ``[sum of weights, dropped count]``.
+
+        The pair is float64 on one device (exact to 2**53); across replicas it
+        joins the sums' single float32 collective (a packed all-reduce needs
+        one dtype), so there the global sum is exact to 2**24.
+        """
         sums = [self._accumulators[_internals.variable_index(self, v)].value for v in variables]
-        return sums + [tf.stack([self._window_weight.value, self._window_dropped.value])]
+        pair = tf.stack([self._window_weight.value, self._window_dropped.value])
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            pair = tf.cast(pair, tf.float32)
+        return sums + [pair]
 
     def _micro_step_in_replica(self, pairs, weight, finite, on_close):
         """One branch per micro-step: keep, drop, or close the window (with or without this one).
@@ -539,8 +548,8 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         the sums on the fly instead of writing it to the accumulators first.
         The only collective of a window is the all-reduce in the closing
         branches: the partial sums, the sum of weights and the count of
-        dropped micro-batches travel together (all float32, so the strategy
-        packs them into one collective).
+        dropped micro-batches travel together (all float32 under a strategy,
+        so it packs them into one collective; see ``_window_values``).
         """
         variables = [v for _, v in pairs]
 
@@ -556,12 +565,16 @@ class GradientAccumulator(keras.optimizers.Optimizer):
 
         def close(with_this_one):
             values = self._window_values(variables)
+            one, zero = tf.constant(1.0, tf.float64), tf.constant(0.0, tf.float64)
             if with_this_one:
                 values = [
                     _plus(s, g, weight) for s, (g, _) in zip(values[:-1], pairs, strict=True)
-                ] + [values[-1] + tf.stack([1.0 if weight is None else weight, 0.0])]
+                ] + [
+                    values[-1]
+                    + tf.cast(tf.stack([one if weight is None else weight, zero]), values[-1].dtype)
+                ]
             else:
-                values = values[:-1] + [values[-1] + tf.constant([0.0, 1.0])]
+                values = values[:-1] + [values[-1] + tf.constant([0.0, 1.0], values[-1].dtype)]
             self._close_window(values, variables, on_close, pending=1)
 
         closes = ops.greater_equal(self._micro_step, self.accumulation_steps - 1)
@@ -651,12 +664,14 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         # Per-replica gradients follow Keras' convention (the loss is divided by
         # the number of replicas, so that the *sum* over replicas is the mean):
         # undo that factor here, since the sum over replicas is already taken.
-        scale = ops.divide(float(replicas), values[-1][0])
+        scale = ops.cast(ops.divide(float(replicas), values[-1][0]), "float32")
         grads = [
             ops.cast(ops.multiply(s, scale), v.dtype)
             for s, v in zip(values[:-1], variables, strict=True)
         ]
-        with _internals.all_reduce_already_done(self.inner_optimizer, replicas) as grads_are_reduced:
+        with _internals.all_reduce_already_done(
+            self.inner_optimizer, replicas
+        ) as grads_are_reduced:
             if not grads_are_reduced:
                 # An optimizer that all-reduces some other way: hand each replica
                 # its share, which that all-reduce sums back to the mean.
@@ -674,7 +689,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
             tf.distribute.get_strategy().num_replicas_in_sync
         )
         finite_sums = ops.logical_or(applied, ops.equal(values[-1][0], 0.0))
-        dropped = ops.where(finite_sums, values[-1][1], shards)
+        dropped = ops.where(finite_sums, values[-1][1], ops.cast(shards, values[-1][1].dtype))
         self._dropped.assign_add(ops.cast(dropped, "int64"))
         self._window_weight.assign(0.0)
         self._window_dropped.assign(0.0)
