@@ -9,6 +9,7 @@ clipping, weight decay, EMA) on the clock of *real* updates.
 
 Example:
     >>> import keras
+import numpy as np
     >>> from tfkit.optimizers import GradientAccumulator
     >>> optimizer = GradientAccumulator(keras.optimizers.AdamW(1e-3), accumulation_steps=4)
     >>> optimizer.accumulation_steps
@@ -18,10 +19,10 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -62,18 +63,22 @@ def _check_weight(weight):
     """``None``, or a float64 scalar tensor; Python numbers are validated here."""
     if weight is None:
         return None
-    if isinstance(weight, bool):
-        raise TypeError(
-            f"`weight` must be a number >= 0 or a scalar tensor, received weight={weight!r}."
-        )
-    if isinstance(weight, numbers.Real):
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"`weight` must be a finite number >= 0, received weight={weight!r}.")
+    owner = "GradientAccumulator.apply"
+    if isinstance(weight, list | tuple):
+        weight = np.asarray(weight)  # refused below unless a scalar
+    if isinstance(weight, np.ndarray) and weight.dtype.kind not in "fiu":
+        _validation.fail(owner, "weight", weight, "a number >= 0 or a real scalar tensor", TypeError)
+    if isinstance(weight, numbers.Number | bool | str | bytes) or not hasattr(weight, "dtype"):
+        # Python numbers (and anything that is not a tensor) are checked here,
+        # through tfkit/_validation (10**400 and "x" name `weight`).
+        weight = _validation.check_float(owner, "weight", weight, low=0)
+    elif not (tf.as_dtype(weight.dtype).is_floating or tf.as_dtype(weight.dtype).is_integer):
+        _validation.fail(owner, "weight", weight, "a number >= 0 or a real scalar tensor", TypeError)
     # float64: the window's sum of weights (token counts) stays exact to 2**53.
     weight = tf.cast(weight, tf.float64)
     if weight.shape.rank not in (None, 0):
-        raise ValueError(
-            f"`weight` must be a scalar (one weight per micro-batch), received shape {weight.shape}."
+        _validation.fail(
+            owner, "weight", weight, f"a scalar (one weight per micro-batch), not shape {weight.shape}"
         )
     return tf.reshape(weight, ())
 
