@@ -107,3 +107,13 @@ def test_doctor_flags_a_finished_schedule():
     fresh = _model(get_scheduler("linear", 0.1, 0, 300))
     report = tfkit.doctor.examine(fresh, (X, Y), checks=["schedule_end"])
     assert report.by_check("schedule_end")[0].severity == "info"
+
+
+def test_doctor_sees_through_the_control_plane():
+    # A tfkit callback puts the rate behind ControlledLearningRate; the check still finds the schedule.
+    model = _model(get_scheduler("linear", 0.1, 0, 3))
+    cb = tfkit.callbacks.ReduceLROnPlateau(monitor="loss", patience=5)
+    model.fit(X, Y, batch_size=2, epochs=1, verbose=0, callbacks=[cb])  # 4 updates > 3
+    report = tfkit.doctor.examine(model, (X, Y), checks=["schedule_end"])
+    (finding,) = report.by_check("schedule_end")
+    assert finding.severity == "warning" and finding.data == {"end": 3, "step": 4}
