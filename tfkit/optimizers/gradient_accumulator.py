@@ -94,7 +94,8 @@ def _check_weight(weight):
     if isinstance(weight, numbers.Number | bool | str | bytes) or not hasattr(weight, "dtype"):
         # Python numbers (and anything that is not a tensor) are checked here,
         # through tfkit/_validation (10**400 and "x" name `weight`).
-        weight = _validation.check_float(owner, "weight", weight, low=0)
+        # float32-representable: it multiplies the float32 gradients.
+        weight = _validation.check_float(owner, "weight", weight, low=0, float_dtype="float32")
     elif not (tf.as_dtype(weight.dtype).is_floating or tf.as_dtype(weight.dtype).is_integer):
         _validation.fail(owner, "weight", weight, "a number >= 0 or a real scalar tensor", TypeError)
     # float64: the window's sum of weights (token counts) stays exact to 2**53.
