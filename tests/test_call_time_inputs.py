@@ -53,7 +53,11 @@ DATA = (np.ones((16, 3), "float32"), np.ones((16, 1), "float32"))
 EXAMINE_NUMBERS = ["batch_size", "sample_size", "overfit_steps", "overfit_batch_size", "time_budget"]
 
 
-@pytest.mark.parametrize("name", EXAMINE_NUMBERS + ["seed", "checks", "learning_rate"])
+@pytest.mark.parametrize(
+    "name",
+    ["batch_size", "seed", "checks"]
+    + [pytest.param(n, marks=pytest.mark.slow) for n in EXAMINE_NUMBERS[1:] + ["learning_rate"]],
+)
 def test_doctor_examine_arguments(name):
     model = _model()
 
