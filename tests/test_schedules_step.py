@@ -90,7 +90,12 @@ def test_huge_python_ints_are_float64_steps():
     assert float(s(2**70)) == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Three schedules in the quick set; every schedule in the slow one (one XLA compile each).
+QUICK = {"PolynomialDecay", "Warmup_Join_nested", "ScaledSchedule"}
+XLA_CASES = [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
+
+
+@pytest.mark.parametrize("name", XLA_CASES)
 def test_bad_tensor_steps_raise_when_run_and_are_nan_under_xla(name):
     s = CASES[name]()
     graph = tf.function(lambda step: s(step))

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkit import _internals
+from tfkit import _internals, _validation
 from tfkit.doctor._ids import ALL_CHECKS, DEFAULT_CHECKS
 from tfkit.doctor.checks import CHECKS
 from tfkit.doctor.report import Finding, Report
@@ -39,15 +39,11 @@ class _Context:
 
 
 def _check_positive(name, value, integer=False):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (integer and not isinstance(value, int))
-    ):
-        kind = "an int" if integer else "a number"
-        raise TypeError(f"examine: `{name}` must be {kind}, received {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"examine: `{name}` must be finite and > 0, received {value!r}")
+    # tfkit/_validation: one message shape; 10**400 is a ValueError, not an OverflowError.
+    if integer:
+        _validation.check_int("examine", name, value, low=1)
+    else:
+        _validation.check_float("examine", name, value, low=0, low_open=True)
 
 
 def _slice(structure, idx):
@@ -161,12 +157,11 @@ def examine(
     "Better performance with the tf.data API".
     """
     if not isinstance(model, keras.Model):
-        raise TypeError(f"examine: `model` must be a keras.Model, received {type(model).__name__}")
+        _validation.fail("examine", "model", model, "a keras.Model", TypeError)
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", False):
-        raise ValueError("examine: `model` must be compiled with an optimizer (call model.compile)")
+        _validation.fail("examine", "model", model, "compiled with an optimizer (model.compile)")
     for name, value in (("learning_rate", learning_rate), ("baseline", baseline)):
-        if not isinstance(value, bool):
-            raise TypeError(f"examine: `{name}` must be a bool, received {value!r}")
+        _validation.check_bool("examine", name, value)
     for name, value in (
         ("batch_size", batch_size),
         ("sample_size", sample_size),
@@ -175,14 +170,13 @@ def examine(
     ):
         _check_positive(name, value, integer=True)
     _check_positive("time_budget", time_budget)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"examine: `seed` must be an int, received {seed!r}")
+    _validation.check_int("examine", "seed", seed, low=0)  # numpy refuses negative seeds
     if checks is None:
         checks = list(DEFAULT_CHECKS)
-    elif isinstance(checks, str) or not all(isinstance(c, str) for c in checks):
-        raise TypeError(f"examine: `checks` must be a sequence of check ids, received {checks!r}")
     else:
-        checks = list(checks)
+        checks = _validation.check_sequence("examine", "checks", checks)
+        if not all(isinstance(c, str) for c in checks):
+            _validation.fail("examine", "checks", checks, "a list of check ids", TypeError)
     unknown = [c for c in checks if c not in ALL_CHECKS]
     if unknown:
         raise ValueError(f"examine: unknown check(s) {unknown}; known: {list(ALL_CHECKS)}")

@@ -18,10 +18,10 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -85,18 +85,23 @@ def _check_weight(weight):
     """``None``, or a float64 scalar tensor; Python numbers are validated here."""
     if weight is None:
         return None
-    if isinstance(weight, bool):
-        raise TypeError(
-            f"`weight` must be a number >= 0 or a scalar tensor, received weight={weight!r}."
-        )
-    if isinstance(weight, numbers.Real):
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"`weight` must be a finite number >= 0, received weight={weight!r}.")
+    owner = "GradientAccumulator.apply"
+    if isinstance(weight, list | tuple):
+        weight = np.asarray(weight)  # refused below unless a scalar
+    if isinstance(weight, np.ndarray) and weight.dtype.kind not in "fiu":
+        _validation.fail(owner, "weight", weight, "a number >= 0 or a real scalar tensor", TypeError)
+    if isinstance(weight, numbers.Number | bool | str | bytes) or not hasattr(weight, "dtype"):
+        # Python numbers (and anything that is not a tensor) are checked here,
+        # through tfkit/_validation (10**400 and "x" name `weight`).
+        # float32-representable: it multiplies the float32 gradients.
+        weight = _validation.check_float(owner, "weight", weight, low=0, float_dtype="float32")
+    elif not (tf.as_dtype(weight.dtype).is_floating or tf.as_dtype(weight.dtype).is_integer):
+        _validation.fail(owner, "weight", weight, "a number >= 0 or a real scalar tensor", TypeError)
     # float64: the window's sum of weights (token counts) stays exact to 2**53.
     weight = tf.cast(weight, tf.float64)
     if weight.shape.rank not in (None, 0):
-        raise ValueError(
-            f"`weight` must be a scalar (one weight per micro-batch), received shape {weight.shape}."
+        _validation.fail(
+            owner, "weight", weight, f"a scalar (one weight per micro-batch), not shape {weight.shape}"
         )
     return tf.reshape(weight, ())
 

@@ -13,6 +13,7 @@ the same (check ``schedule_end``).
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import keras
 import tensorflow as tf
@@ -95,5 +96,11 @@ def warn_if_finished(schedule, step) -> None:
         except (TypeError, ValueError):  # pragma: no cover - an uninitialized variable
             return
         message = finished_message(schedule, current)
-    if message:
+    # A trace may evaluate the rate more than once (an accumulator's branches):
+    # one line per schedule and situation.
+    if message and _WARNED.get(schedule) != message:
+        _WARNED[schedule] = message
         warnings.warn(message, UserWarning, stacklevel=2)
+
+
+_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
