@@ -91,6 +91,7 @@ def test_backup_layout_holds_every_optimizer_variable(tmp_path):
     path = tmp_path / names[0]
     assert sorted(os.listdir(path)) == sorted(
         ["manifest.json", "model.npz", "metrics.npz", "optimizer.npz", "progress.json"]
+        + ["data.index", "data.data-00000-of-00001"]  # the input iterator's position
     )
     assert _atomic.verify(str(path)) is None
     progress = json.loads((path / "progress.json").read_text())

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from tfkit.schedules import (
+    SWALR,
     Constant,
     CosineDecay,
     CosineDecayRestarts,
@@ -104,6 +105,9 @@ CASES = {
         [Warmup(CosineDecay(0.1, 30), 5), MultiStepDecay(1.0, [10, 10], gamma=0.7)]
     ),
     "ScaledSchedule": lambda: ScaledSchedule(Warmup(CosineDecay(0.1, 30), 5), 0.5),
+    "SWALR_cos": lambda: SWALR(0.1, swa_lr=0.01, anneal_steps=20),
+    "SWALR_linear_up": lambda: SWALR(0.01, swa_lr=0.05, anneal_steps=7, anneal_strategy="linear"),
+    "SWALR_joined": lambda: Join([CosineDecay(0.1, 20, alpha=0.5), SWALR(0.05, 0.02, 5)], [20]),
     "get_scheduler_cosine_warmup_with_min_lr": lambda: get_scheduler(
         "cosine_warmup_with_min_lr", 0.1, 6, 36, min_lr=0.001
     ),
@@ -137,6 +141,7 @@ LONG = {
     "Warmup_long": lambda: Warmup(CosineDecay(0.1, 10**9), warmup_steps=10**8),
     "WarmupStableDecay_long": lambda: WarmupStableDecay(0.1, 10**8, 5 * 10**8, 4 * 10**8 + 7),
     "InverseSqrtDecay_long": lambda: InverseSqrtDecay(0.1, timescale=10**8),
+    "SWALR_long": lambda: SWALR(0.1, 0.001, anneal_steps=10**9),
     "Product_long": lambda: Product(
         [CosineDecay(0.1, 10**9), MultiStepDecay(1.0, [10**8, 10**9], gamma=0.5)]
     ),

@@ -70,6 +70,44 @@ def test_equals_hugging_face_at_every_step_to_the_end(name):
             assert np.abs(expected[total + 1 :] - expected[total]).max() > 1e-6, key
 
 
+def build64(case):
+    return get_scheduler(
+        case["name"],
+        np.float64(case["learning_rate"]),
+        case["num_warmup_steps"],
+        case["num_training_steps"],
+        **case["scheduler_specific_kwargs"],
+    )
+
+
+@pytest.mark.parametrize("name", sorted({c["name"] for c in HF.values()}))
+def test_float64_rate_gives_hugging_face_float64_values(name):
+    for key, case in sorted(HF.items()):
+        if case["name"] != name:
+            continue
+        schedule = build64(case)
+        assert schedule(0).dtype == tf.float64, key
+        total = case["num_training_steps"]
+        n = len(case["values"]) if total is None else total + 1
+        got = values(schedule, range(n))
+        # float64 against HF's float64: a few ulps (cos, sqrt, pow round differently).
+        np.testing.assert_allclose(
+            got, case["values"][:n], rtol=1e-12, atol=1e-15 * case["learning_rate"], err_msg=key
+        )
+        explicit = get_scheduler(
+            case["name"],
+            case["learning_rate"],
+            case["num_warmup_steps"],
+            case["num_training_steps"],
+            dtype="float64",
+            **case["scheduler_specific_kwargs"],
+        )
+        np.testing.assert_array_equal(values(explicit, range(n)), got)
+    # The issue's case: 0.0002 exactly, not float32's 0.00020000000949949026.
+    s = get_scheduler("linear", np.float64(2e-4), 10, 100)
+    assert float(s(10)) == 2e-4
+
+
 # --- Independent formulas (HF's documented lambdas, times the base rate).
 
 
@@ -276,6 +314,26 @@ def test_bad_arguments_give_clear_errors():
             get_scheduler(*args, **kwargs)
         assert text in str(info.value), (args, kwargs, str(info.value))
         assert "received" in str(info.value) or "callback" in str(info.value), info.value
+
+
+@pytest.mark.parametrize("name", ["constant", "constant_with_warmup", "inverse_sqrt"])
+def test_counts_a_name_does_not_use_are_still_validated(name):
+    for bad, exc in (("x", TypeError), (-5, ValueError), (10.0, TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="`num_training_steps`"):
+            get_scheduler(name, 0.1, 10, bad)
+    if name == "constant":
+        with pytest.raises(TypeError, match="`num_warmup_steps`"):
+            get_scheduler(name, 0.1, "x")
+
+
+def test_step_counts_are_never_truncated():
+    for kw in ({"num_decay_steps": 10.0}, {"num_decay_steps": 10, "num_stable_steps": 5.0}):
+        with pytest.raises(TypeError, match="must be an integer; received"):
+            get_scheduler("warmup_stable_decay", 0.1, 5, None, **kw)
+    with pytest.raises(TypeError, match="`num_training_steps`"):
+        get_scheduler("linear", 0.1, 5, 100.0)
+    with pytest.raises(TypeError, match="`num_warmup_steps`"):
+        get_scheduler("cosine", 0.1, 5.0, 100)
 
 
 def test_counts_a_name_does_not_use_are_accepted_as_in_hugging_face():

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tfkit.schedules import (
+    SWALR,
     Constant,
     CosineDecay,
     CosineDecayRestarts,
@@ -67,6 +68,10 @@ BAD = [
         "gamma",
     ),
     (Constant, dict(learning_rate=-1.0), ValueError, "learning_rate"),
+    (SWALR, dict(initial_learning_rate=0.1, swa_lr=-1.0), ValueError, "swa_lr"),
+    (SWALR, dict(initial_learning_rate=0.1, swa_lr=0.1, anneal_steps=1.5), TypeError, "anneal_steps"),
+    (SWALR, dict(initial_learning_rate=0.1, swa_lr=0.1, anneal_steps=-1), ValueError, "anneal_steps"),
+    (SWALR, dict(initial_learning_rate=0.1, swa_lr=0.1, anneal_strategy="exp"), ValueError, "anneal_strategy"),
     (Constant, dict(learning_rate=1e39), ValueError, "learning_rate"),
     (InverseSqrtDecay, dict(initial_learning_rate=0.1, timescale=0.5), ValueError, "timescale"),
     (
@@ -476,6 +481,12 @@ FUZZ = {
         boundaries=st.lists(counts, max_size=4), values=st.lists(numbers, max_size=5)
     ),
     Constant: dict(learning_rate=numbers),
+    SWALR: dict(
+        initial_learning_rate=numbers,
+        swa_lr=numbers,
+        anneal_steps=counts,
+        anneal_strategy=st.sampled_from(["cos", "linear", "exp"]),
+    ),
     InverseSqrtDecay: dict(initial_learning_rate=numbers, timescale=numbers),
     WarmupStableDecay: dict(
         learning_rate=numbers,

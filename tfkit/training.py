@@ -44,6 +44,7 @@ from tfkit._internals import (
     scale_loss_for_distribution,
     unscale_loss_for_distribution,
 )
+from tfkit.callbacks import spike_guard as _spike_guard
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
 from tfkit.optimizers.tree import optimizer_chain
@@ -146,6 +147,17 @@ def _apply(optimizer, grads, variables, weight) -> None:
         optimizer.apply(grads, variables)
 
 
+def _guarded_apply(guard, optimizer, loss, grads, variables, weight) -> None:
+    """``_apply``, or the guard's gate around it (the update is dropped on a spike)."""
+    if guard is None:
+        _apply(optimizer, grads, variables, weight)
+        return
+    if weight is None:
+        guard.gate(loss, grads, lambda g: _apply(optimizer, g, variables, None), optimizer)
+    else:
+        guard.gate(loss, grads, lambda g, w: _apply(optimizer, g, variables, w), optimizer, weight)
+
+
 def _add_regularization(model, loss):
     if model.losses:
         reg = tf.add_n([tf.cast(v, loss.dtype) for v in model.losses])
@@ -192,6 +204,8 @@ class TrainStep:
         strategy: a ``tf.distribute.Strategy``; defaults to the current one.
             Create the model and optimizer under its scope, and pass data as
             a distributed dataset's elements or plain tensors (split evenly).
+        spike_guard: a :class:`~tfkit.callbacks.SpikeGuard` whose in-graph
+            check decides, per batch, whether ``optimizer.apply`` runs.
 
     Call it with ``(x, y)`` or ``(x, y, sample_weight)``. The step is traced
     once per input signature: keep batch shapes fixed (``drop_remainder=True``)
@@ -206,6 +220,7 @@ class TrainStep:
         *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
+        spike_guard=None,
     ):
         if not isinstance(model, keras.Model):
             raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
@@ -227,6 +242,7 @@ class TrainStep:
                 f"received strategy={strategy!r} of type {type(strategy).__name__}"
             )
         self.strategy = strategy or tf.distribute.get_strategy()
+        self.spike_guard = _check_guard(spike_guard)
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)
         self._function = tf.function(self._distributed_step)
         self.trace_count = 0  # how many times the step was traced (tests check it stays at 1)
@@ -241,7 +257,7 @@ class TrainStep:
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
-        _apply(optimizer, grads, variables, weight)
+        _guarded_apply(self.spike_guard, optimizer, loss, grads, variables, weight)
         return loss
 
     def _distributed_step(self, x, y, sample_weight=None):
@@ -257,9 +273,13 @@ class TrainStep:
                 self.model(x, training=False)
             if not self.optimizer.built:
                 self.optimizer.build(self.model.trainable_variables)
+            if self.spike_guard is not None:
+                self.spike_guard.bind(self.model, self.optimizer)
 
     def __call__(self, x, y, sample_weight=None) -> dict[str, tf.Tensor]:
-        if not (self.model.built and self.optimizer.built):
+        if not (self.model.built and self.optimizer.built) or (
+            self.spike_guard is not None and self.spike_guard._bound is None
+        ):
             self._build(x)
         return {"loss": self._function(x, y, sample_weight)}
 
@@ -291,11 +311,22 @@ def _weighted_train_step(model: keras.Model, data):
         _internals.loss_tracker(model).update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
         scaled = model.optimizer.scale_loss(loss)
     variables = model.trainable_variables
-    _apply(model.optimizer, tape.gradient(scaled, variables), variables, weight)
+    guard = _spike_guard.installed_guard(model)
+    grads = tape.gradient(scaled, variables)
+    _guarded_apply(guard, model.optimizer, loss, grads, variables, weight)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
-def install(model: keras.Model) -> keras.Model:
+def _check_guard(guard):
+    if guard is not None and not isinstance(guard, _spike_guard.SpikeGuard):
+        raise TypeError(
+            "`spike_guard` must be a tfkit.callbacks.SpikeGuard or None; "
+            f"received spike_guard={guard!r} of type {type(guard).__name__}."
+        )
+    return guard
+
+
+def install(model: keras.Model, spike_guard=None) -> keras.Model:
     """Make ``model.fit`` train with :class:`TrainStep`'s weighted micro-batches.
 
     Replaces ``model.train_step`` on this instance (not on its class) with a
@@ -313,6 +344,10 @@ def install(model: keras.Model) -> keras.Model:
     not saved with the model: call ``install`` again after loading. Returns
     ``model``.
 
+    ``spike_guard``: a :class:`~tfkit.callbacks.SpikeGuard`; its in-graph
+    check then decides, per batch, whether the update is applied (pass the
+    guard in ``fit``'s callbacks as well).
+
     Example:
         >>> import keras, numpy as np, tfkit
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
@@ -325,6 +360,7 @@ def install(model: keras.Model) -> keras.Model:
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
+    _spike_guard.register_step(model, _check_guard(spike_guard))
     _internals.bind_instance_method(model, "train_step", _weighted_train_step)
     model.train_function = None  # rebuilt around the new step by the next fit
     return model

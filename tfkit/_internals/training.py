@@ -26,6 +26,10 @@ __all__ = [
     "metric_direction",
     "reduce_weighted_values",
     "scale_loss_for_distribution",
+    "intercept_train_function",
+    "is_intercepted",
+    "metrics_built",
+    "release_train_function",
     "set_initial_epoch",
     "symbolic_build",
     "unscale_loss_for_distribution",
@@ -77,3 +81,47 @@ def symbolic_build(model, data_batch) -> bool:
     with model.distribute_strategy.scope():
         build(data_batch=data_batch)
     return True
+
+
+def intercept_train_function(model, make_wrapper) -> None:
+    """Route ``model.fit``'s steps through ``make_wrapper(current_train_function)``.
+
+    ``fit`` passes its data iterator to ``model.train_function(iterator)`` and
+    to nothing else (Keras 3.0 through 3.15): a callback that must checkpoint
+    or restore the iterator's position (``BackupAndRestore``) sees it only
+    there. ``train_function`` is an attribute Keras itself rebuilds (``None``
+    until ``make_train_function``); the wrapper is set on this model only,
+    calls the original for every step, and :func:`release_train_function`
+    puts the original back. Idempotent.
+    """
+    current = model.train_function
+    if current is None or getattr(current, "_tfkit_wrapped", False):
+        return
+    wrapper = make_wrapper(current)
+    wrapper._tfkit_wrapped = True
+    wrapper._tfkit_original = current
+    model.train_function = wrapper
+
+
+def is_intercepted(model) -> bool:
+    """Whether ``model.train_function`` goes through :func:`intercept_train_function`."""
+    return bool(getattr(getattr(model, "train_function", None), "_tfkit_wrapped", False))
+
+
+def release_train_function(model) -> None:
+    """Undo :func:`intercept_train_function` (the original step is kept)."""
+    original = getattr(getattr(model, "train_function", None), "_tfkit_original", None)
+    if original is not None:
+        model.train_function = original
+
+
+def metrics_built(model) -> bool:
+    """Whether ``model.metrics_variables`` is complete (the compiled metrics are built).
+
+    Keras builds the compiled metrics (``Trainer._compile_metrics``, Keras 3.0
+    through 3.15) lazily in the first traced step when no distribution strategy
+    is set: until then ``metrics_variables`` holds the loss tracker only, so a
+    backup's metric layout can be compared only afterwards.
+    """
+    compiled = getattr(model, "_compile_metrics", None)
+    return compiled is None or bool(getattr(compiled, "built", True))

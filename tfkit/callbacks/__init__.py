@@ -1,5 +1,6 @@
 """Callbacks for ``model.fit`` and custom loops: early stopping, plateau reduction on any
-schedule, per-epoch schedules, momentum/beta_1 scheduling, hyperparameter logging and diagnostics."""
+schedule, per-epoch schedules, momentum/beta_1 scheduling, hyperparameter logging, diagnostics,
+weight averaging (EMA, SWA), loss-spike recovery."""
 
 from tfkit.callbacks.backup_and_restore import BackupAndRestore
 from tfkit.callbacks.early_stopping import EarlyStopping
@@ -12,7 +13,9 @@ from tfkit.callbacks.momentum import (
 )
 from tfkit.callbacks.nan_guard import NaNGuard
 from tfkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
+from tfkit.callbacks.spike_guard import SpikeGuard
 from tfkit.callbacks.update_ratio import UpdateRatioMonitor
+from tfkit.callbacks.weight_averaging import WeightAveraging
 
 # ScaledSchedule is a schedule and lives in tfkit.schedules; this alias keeps
 # `tfkit.callbacks.ScaledSchedule` (round 2's home) working.
@@ -27,7 +30,9 @@ __all__ = [
     "NaNGuard",
     "ReduceLROnPlateau",
     "ScaledSchedule",
+    "SpikeGuard",
     "UpdateRatioMonitor",
+    "WeightAveraging",
     "schedule_hyperparameter",
     "unschedule_hyperparameter",
 ]

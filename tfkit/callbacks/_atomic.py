@@ -7,11 +7,12 @@ manifest (size and SHA-256 of every file) last, and commits with one
 of it, whatever instant a ``SIGKILL`` hits. A half-written temporary
 directory has no committed name and is removed by the next writer.
 
-Fault injection for the kill-anywhere tests: ``_TFKIT_BACKUP_FAULT=N:STAGE``
-makes the process SIGKILL itself during its N-th backup (counted from 1 in
-this process) at ``STAGE``: a file name (killed after writing half of that
-file), ``"manifest"``, ``"commit"`` (before the rename) or ``"cleanup"``
-(after the rename, before older backups are removed).
+Fault injection: every stage of a write calls ``fault.at(stage)`` on a
+:class:`Fault` (a no-op here). The kill-anywhere tests pass their own subclass
+to the writer (``BackupAndRestore._fault``); library code never reads the
+environment for it. Stages: a file name (called after half of that file is
+written and fsynced), ``"manifest"``, ``"commit"`` (before the rename) and
+``"cleanup"`` (after it, before older backups are removed).
 """
 
 from __future__ import annotations
@@ -20,34 +21,27 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import tempfile
 
 MANIFEST = "manifest.json"
 FORMAT = "tfkit-backup-1"
-_FAULT_ENV = "_TFKIT_BACKUP_FAULT"
 
 
 class Fault:
-    """Reads ``_TFKIT_BACKUP_FAULT`` once; ``hit(stage)`` kills the process at that stage."""
+    """No fault: the hook the writer calls at every stage of a backup.
 
-    def __init__(self):
-        spec = os.environ.get(_FAULT_ENV, "")
-        self.target, self.stage = 0, None
-        if spec:
-            count, _, stage = spec.partition(":")
-            self.target, self.stage = int(count), stage
-        self.current = 0
+    ``save`` is the number of the backup being written in this process
+    (counted from 1 by the writer); tests override :meth:`at` to kill, raise or
+    interrupt at one ``(save, stage)``.
+    """
+
+    save = 0
 
     def next_save(self) -> None:
-        self.current += 1
+        self.save += 1
 
-    def armed(self, stage: str) -> bool:
-        return self.stage == stage and self.current == self.target
-
-    def hit(self, stage: str) -> None:
-        if self.armed(stage):
-            os.kill(os.getpid(), signal.SIGKILL)
+    def at(self, stage: str) -> None:
+        """Called at ``stage`` of backup number ``self.save``; does nothing here."""
 
 
 def fsync_path(path: str) -> None:
@@ -60,13 +54,14 @@ def fsync_path(path: str) -> None:
 
 
 def write_bytes(path: str, data: bytes, fault: Fault | None = None) -> None:
+    # Two halves, so that a fault hook can stop the write half-way through.
     with open(path, "wb") as f:
-        if fault is not None and fault.armed(os.path.basename(path)):
-            f.write(data[: len(data) // 2])
+        f.write(data[: len(data) // 2])
+        if fault is not None:
             f.flush()
             os.fsync(f.fileno())
-            fault.hit(os.path.basename(path))
-        f.write(data)
+            fault.at(os.path.basename(path))
+        f.write(data[len(data) // 2 :])
         f.flush()
         os.fsync(f.fileno())
 
@@ -94,6 +89,8 @@ def write_manifest(directory: str, fault: Fault | None = None) -> None:
     data = json.dumps({"format": FORMAT, "files": files}, sort_keys=True).encode()
     write_bytes(os.path.join(directory, MANIFEST), data, fault)
     fsync_path(directory)
+    if fault is not None:
+        fault.at("manifest")
 
 
 def commit(temp_dir: str, final_dir: str) -> None:

@@ -68,6 +68,25 @@ def is_improvement(current: float, best: float | None, direction: str,
     return current < bound if direction == "min" else current > bound
 
 
+def keras_is_improvement(current, reference, direction: str, min_delta: float) -> bool:
+    """Keras' ``MonitorCallback._is_improvement``, decision for decision.
+
+    Keras compares ``current + min_delta < reference`` (min; ``current -
+    min_delta > reference`` for max) with ``keras.ops``: Python floats are
+    compared in float32 (floatx), float64 NumPy values in float64. Near-ties
+    (two losses within float32 rounding of ``min_delta``) therefore fall the
+    way Keras lets them fall, which float64 arithmetic would not reproduce.
+    A first value (``reference is None``) is always an improvement.
+    """
+    import keras
+
+    if reference is None:
+        return True
+    if direction == "min":
+        return bool(keras.ops.less(current - (-min_delta), reference))
+    return bool(keras.ops.greater(current - min_delta, reference))
+
+
 class MonitorLookup:
     """Reads ``monitor`` from logs; warns once (listing the keys present) when it is missing."""
 

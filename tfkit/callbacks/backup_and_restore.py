@@ -7,6 +7,9 @@ import json
 import logging
 import os
 import re
+import signal
+import tempfile
+import threading
 import warnings
 
 import keras
@@ -14,27 +17,26 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit import _internals, _validation
-from tfkit.callbacks import _atomic
-from tfkit.optimizers.hyperparameters import install_for, knob_variables
+from tfkit.callbacks import _atomic, _fingerprint
+from tfkit.optimizers.gradient_accumulator import GradientAccumulator
+from tfkit.optimizers.hyperparameters import attached_optimizer, install_for, knob_variables
+from tfkit.optimizers.tree import optimizer_chain
 
 __all__ = ["BackupAndRestore"]
 
 _log = logging.getLogger("tfkit")
 _NAME = re.compile(r"^backup-(\d{12})$")
 _TEMP_PREFIX = ".tmp-backup-"
-_PROGRESS_KEYS = {"epoch", "batches_done", "model", "metrics", "optimizer", "callbacks"}
+_PROGRESS_KEYS = {
+    "epoch", "batches_done", "model", "metrics", "optimizer", "callbacks", "config", "data",
+}  # fmt: skip
+_DATA_ITERATOR, _DATA_REPLAY, _DATA_NONE = "iterator", "replay", "none"
+_ON_CHANGE = ("refuse", "adapt")
 
 
 def _plain(variable):
     """The tf.Variable behind a Keras variable (checkpoints track tf.Variables)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def _signature(variables) -> list:
-    return [
-        [list(map(int, v.shape)), np.dtype(keras.backend.standardize_dtype(v.dtype)).str]
-        for v in variables
-    ]
 
 
 def _npz_bytes(variables) -> bytes:
@@ -43,8 +45,19 @@ def _npz_bytes(variables) -> bytes:
     return buffer.getvalue()
 
 
+def _spec_zeros(spec):
+    """A batch of zeros matching ``spec`` (unknown dimensions 1), to build metrics from."""
+    return tf.nest.map_structure(
+        lambda s: tf.zeros([d if d is not None else 1 for d in s.shape], s.dtype), spec
+    )
+
+
 class _Damaged(Exception):
     """A backup that must not be loaded; the message says why."""
+
+
+class _Changed(Exception):
+    """A sound backup of a different configuration; ``args[0]`` maps item -> (saved, now)."""
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -52,47 +65,88 @@ class BackupAndRestore(keras.callbacks.Callback):
     """Crash-safe, verified backups that resume a killed run exactly, mid-epoch included.
 
     Keras' ``BackupAndRestore`` writes a weights file and a JSON file one after
-    the other, in place. A ``SIGKILL`` between or inside the two writes leaves a
-    mixed or truncated backup; a garbled weights file loads without complaint
-    (HDF5 keeps no checksum); a resumed run restarts the interrupted epoch at its
-    first batch and loses the random-generator and callback state; and a second
-    kill within the same epoch of a resumed run records epoch 0. This callback
-    owns the whole backup instead:
+    the other, in place, restarts the interrupted epoch at its first batch and
+    loses the data position, the random-generator and the callback state. This
+    callback owns the whole backup instead:
 
     * **What is saved.** Every model variable (weights and the random-generator
       state that dropout draws from), the model's metric accumulators, every
       optimizer variable (slots, iteration counters, accumulation windows, loss
-      scale, in-graph hyperparameters), the ``state`` of each callback passed in
-      ``callbacks`` (tfkit's ``EarlyStopping``, ``ReduceLROnPlateau``), and the
-      progress: the epoch and the number of its batches already trained.
+      scale, in-graph hyperparameters), the state of each callback passed in
+      ``callbacks``, the **data position** (a ``tf.train.Checkpoint`` of the
+      input iterator: shuffle buffers, the reshuffle-each-epoch seed, ``repeat``
+      counts, prefetched batches), the progress (epoch, batches of it trained)
+      and a **configuration fingerprint**.
     * **How.** Each backup is written into a fresh temporary directory, every file
       and the directory are fsynced, a manifest records each file's size and
-      SHA-256, and one atomic ``rename`` commits it as ``backup-<n>``. The previous
-      backup is removed only after the new one is committed (with
-      ``double_checkpoint=True`` the last two are kept).
-    * **Resume.** ``on_train_begin`` takes the newest backup whose manifest
-      verifies and whose contents match the model (variable count, shapes and
-      dtypes; progress within the run's epochs and steps). A damaged backup is
-      reported in one warning line and skipped, never loaded; if backups exist but
-      none verifies, a ``RuntimeError`` says so. The epoch restarts at the saved
-      batch: batches already trained are drawn from the data iterator without
-      training on them, and the metric accumulators are restored, so the epoch's
-      logs (and the decisions of callbacks that read them) equal an uninterrupted
-      run's.
+      SHA-256, and one atomic ``rename`` commits it as ``backup-<n>``. Older
+      backups are removed only after the commit (``double_checkpoint=True``
+      keeps two). A write that fails (a full disk) is a warning: training goes
+      on and the last committed backup stays as it was.
+    * **Verification.** ``on_train_begin`` takes the newest backup whose
+      manifest verifies (checksums, sizes, no truncation), whose arrays match
+      the layout its progress file records, and whose weights and optimizer
+      slots are finite. A damaged backup is reported in one warning line and
+      skipped; if none verifies, a ``RuntimeError`` says why. Metric totals may
+      hold ``inf``/``NaN`` in a healthy run (a loss-scaler's skipped step, a
+      micro-batch dropped by ``GradientAccumulator``): they are restored as
+      saved, never a reason to refuse. Verification does not need the
+      compiled metrics to be built: they are compared when ``fit`` builds them.
+    * **Configuration.** The fingerprint holds the model's and the optimizer
+      tree's variable layout, the optimizer classes and constructor
+      hyperparameters, the accumulation steps, the steps per epoch, the replica
+      count, the number of carried callbacks and the input's element spec
+      (batch size included when static). A backup whose fingerprint differs is
+      refused with a ``RuntimeError`` naming every differing item with both
+      values. ``on_change="adapt"`` accepts a changed replica count (elastic
+      resume: ``fit``'s global batch, and so every update, is unchanged; only the
+      all-reduce's summation order is) and still refuses every other change,
+      and a replica change while an accumulation window is open (its
+      partial sums are per replica).
+    * **Data position, inside ``fit``.** ``fit`` hands its data iterator only to
+      ``model.train_function``; this callback routes the steps through a thin
+      wrapper (``tfkit._internals.intercept_train_function``) to checkpoint
+      that iterator and restore it on resume. ``tf.data`` pipelines (shuffle
+      reshuffled each epoch, ``repeat`` with ``steps_per_epoch``, ``map`` /
+      ``batch`` / ``prefetch``) and NumPy input (Keras' own pipeline) resume at
+      the exact element. An input whose iterator cannot be checkpointed
+      (``from_generator``, ``py_function``) gets one warning naming it at the
+      first step (``fit`` shows a callback its input no earlier); its position
+      is then kept as a batch count and a resume replays that many batches,
+      which is exact only if the input yields the same order in every process.
+    * **Interrupts.** ``SIGKILL``, ``SIGINT`` (``KeyboardInterrupt``) or a
+      failure at any instant, a save included, leaves the last committed backup;
+      the next start removes temporary directories. ``SIGTERM`` (preemption)
+      is caught: a backup is written at the next batch boundary, then
+      ``SystemExit(0)`` ends the process cleanly (a second ``SIGTERM`` before
+      that takes the previous handler's action).
+    * **Custom loops.** Works with ``tfkit.TrainStep`` on an uncompiled model
+      (the optimizer attached by ``TrainStep``). After ``on_train_begin``,
+      :attr:`initial_epoch` and :attr:`initial_step` say where to continue and
+      :meth:`iterator` returns the input iterator positioned there.
+    * **Multi-worker.** Only the worker that should checkpoint
+      (``strategy.extended.should_checkpoint``, the chief) writes; every worker
+      verifies and loads the same backup.
 
-    The resumed run ends with the same weights as an uninterrupted one provided
-    the data order of an epoch does not depend on the process (``shuffle=False``,
-    or a ``tf.data`` pipeline whose shuffle is seeded per epoch). Put this
-    callback first in ``callbacks``: its ``on_train_begin`` must restore the other
-    callbacks' state before they read it.
+    **Carrying another callback's state** (the protocol for ``callbacks``): a
+    callback is carried if it has a ``state`` attribute that is a
+    ``tf.Module`` whose ``tf.Variable`` attributes hold everything it must
+    keep (tfkit's ``CallbackState`` is one, with an ``in_progress`` flag). Its
+    variables are saved with ``tf.train.Checkpoint`` in every backup and
+    restored in this callback's ``on_train_begin``, before the carried
+    callback's own ``on_train_begin`` runs (so put this callback first in
+    ``fit``'s list); the callback must then keep, not reset, a state restored
+    mid-run (``CallbackState.begin`` decides this from ``in_progress``).
 
     Args:
-        backup_dir: Directory for the backups (created if missing).
+        backup_dir: Directory for the backups (created if missing; must be
+            writable, checked before training).
         save_freq: ``"epoch"`` (default) or a number of batches ``>= 1``.
-        callbacks: Stateful callbacks (objects with a ``state`` ``tf.Module``)
-            whose state is saved and restored with the model. Default ``()``.
+        callbacks: Callbacks whose ``state`` (see above) is carried. Default ``()``.
         double_checkpoint: Keep the last two backups instead of one. Default False.
         delete_checkpoint: Delete the backups when ``fit`` completes. Default True.
+        on_change: ``"refuse"`` (default) or ``"adapt"``: what a backup of a
+            different configuration does (see above).
 
     Example:
         >>> import keras, numpy as np, tempfile, tfkit
@@ -103,6 +157,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         ...     tempfile.mkdtemp(), save_freq=2, callbacks=[stop])
         >>> _ = model.fit(np.ones((8, 2)), np.ones((8, 1)), batch_size=2, epochs=2,
         ...               shuffle=False, callbacks=[backup, stop], verbose=0)
+        >>> backup.initial_epoch, backup.initial_step  # nothing to resume: a fresh start
+        (0, 0)
     """
 
     def __init__(
@@ -112,6 +168,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         callbacks=(),
         double_checkpoint: bool = False,
         delete_checkpoint: bool = True,
+        on_change: str = "refuse",
     ):
         super().__init__()
         owner = "BackupAndRestore"
@@ -127,6 +184,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.delete_checkpoint = _validation.check_bool(
             owner, "delete_checkpoint", delete_checkpoint
         )
+        self.on_change = _validation.check_choice(owner, "on_change", on_change, _ON_CHANGE)
         if isinstance(callbacks, str) or not hasattr(callbacks, "__iter__"):
             _validation.fail(owner, "callbacks", callbacks, "a list of callbacks", TypeError)
         callbacks = list(callbacks)
@@ -140,18 +198,37 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq = save_freq
         self.stateful_callbacks = callbacks
+        # Test seam: the kill-anywhere harness passes a Fault subclass here.
         self._fault = _atomic.Fault()
+        self._previous_sigterm = None
+        self._reset()
+
+    def _reset(self) -> None:
         self._epoch = 0
         self._batches_done = 0
         self._since_save = 0
         self._last_batch = -1
+        self._last_saved = None
         self._pending_epoch_save = None
-        self._resume = None  # (epoch, batches_done, metric arrays) still to apply
+        self._resume = None  # the loaded backup's position, still to apply
+        self._data_resume = None  # the same, for a custom loop's iterator()
+        self._skip_draws = False
         self._skip_remaining = 0
         self._skipped_in_epoch = 0
-        self.skipped_batches = 0  # batches skipped on the last resume (for tests and logs)
+        self._first_step = False  # the next train_function call is an epoch's first
+        self._iterator = None  # fit's iterator (seen in train_function) or the loop's own
+        self._owned_iterator = False
+        self._data_mode = None
+        self._input_items = None
+        self._config = {}
+        self._preempted = False
+        self._write_failures = 0
+        self.initial_epoch = 0
+        self.initial_step = 0
+        self.skipped_batches = 0  # train_function calls skipped on the last resume
         self.restored_from = None  # path of the backup the last resume loaded
         self.damaged_backups = []  # (path, reason) of backups skipped on the last resume
+        self.adapted = {}  # items that differed and were adapted on the last resume
 
     def get_config(self) -> dict:
         """Constructor arguments except ``callbacks`` (live objects, passed again on load)."""
@@ -160,18 +237,28 @@ class BackupAndRestore(keras.callbacks.Callback):
             "save_freq": self.save_freq,
             "double_checkpoint": self.double_checkpoint,
             "delete_checkpoint": self.delete_checkpoint,
+            "on_change": self.on_change,
         }
 
     @classmethod
     def from_config(cls, config: dict) -> BackupAndRestore:
         return cls(**config)
 
-    # -- what is saved -------------------------------------------------------
+    # -- the run this callback watches ---------------------------------------
     def _optimizer(self):
-        optimizer = self.model.optimizer
+        model = self.model
+        optimizer = getattr(model, "optimizer", None) or attached_optimizer(model)
         if optimizer is not None and not optimizer.built:
-            optimizer.build(self.model.trainable_variables)
+            with self._strategy().scope():
+                optimizer.build(model.trainable_variables)
         return optimizer
+
+    def _strategy(self) -> tf.distribute.Strategy:
+        return getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
+
+    def _writer(self) -> bool:
+        """Whether this worker writes backups (the chief under multi-worker strategies)."""
+        return bool(getattr(self._strategy().extended, "should_checkpoint", True))
 
     def _groups(self) -> dict:
         optimizer = self._optimizer()
@@ -182,7 +269,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         )
         return {
             "model": list(self.model.variables),
-            "metrics": list(self.model.metrics_variables),
+            "metrics": list(getattr(self.model, "metrics_variables", [])),
             "optimizer": optimizer_variables,
         }
 
@@ -208,31 +295,162 @@ class BackupAndRestore(keras.callbacks.Callback):
                 if name.startswith(_TEMP_PREFIX):
                     _atomic.remove_tree(os.path.join(self.backup_dir, name))
 
-    def _save(self, epoch: int, batches_done: int) -> None:
+    def _check_writable(self) -> None:
+        try:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            probe = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self.backup_dir)
+            self._fault.at("probe")
+            os.rmdir(probe)
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"BackupAndRestore: cannot write backups to backup_dir={self.backup_dir!r} "
+                f"({e.strerror or e}); pass a writable directory",
+            ) from None
+
+    # -- the data position ---------------------------------------------------
+    def _see_input(self, iterator, dataset=None) -> None:
+        """Decide (once per run) whether ``iterator``'s position can be checkpointed."""
+        self._iterator = iterator
+        if self._data_mode is not None:
+            return
+        self._input_items = _fingerprint.of_input(
+            iterator.element_spec, _fingerprint.cardinality(dataset)
+        )
+        probe = tempfile.mkdtemp(prefix="tfkit-data-probe-")
+        try:
+            tf.train.Checkpoint(iterator=iterator).write(os.path.join(probe, "data"))
+            self._data_mode = _DATA_ITERATOR
+        except (tf.errors.OpError, TypeError, ValueError) as e:
+            self._data_mode = _DATA_REPLAY
+            if isinstance(iterator, tf.distribute.DistributedIterator):
+                # TensorFlow (2.17 through 2.21) cannot checkpoint the iterator
+                # of a distributed dataset, whatever the pipeline.
+                reason = "TensorFlow cannot checkpoint a distributed dataset's iterator"
+            else:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            message = (
+                f"BackupAndRestore: the training input (element_spec={iterator.element_spec}) "
+                f"cannot be checkpointed ({reason}); backups keep its position as a batch "
+                "count and a resume replays that many batches, which is exact only if the "
+                "input yields the same order in every process. Build it with tf.data "
+                "(from_tensor_slices, TFRecord, map without py_function) for an exact resume."
+            )
+            _log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        finally:
+            _atomic.remove_tree(probe)
+
+    def iterator(self, dataset):
+        """An iterator over ``dataset`` for a custom loop, at the resumed position.
+
+        Call it after ``on_train_begin``. Its position is saved in every backup
+        and, when a backup was loaded, restored now: the loop continues with the
+        batch after the last one trained. Use one iterator for the whole run
+        (``dataset.repeat()`` with a fixed number of steps per epoch), as
+        ``fit(steps_per_epoch=...)`` does; a reshuffle-each-epoch shuffle then
+        resumes with its epoch's order. A distributed dataset works the same way.
+
+        Args:
+            dataset: a ``tf.data.Dataset`` or a ``tf.distribute.DistributedDataset``.
+
+        Returns:
+            The iterator (``iter(dataset)``, possibly restored).
+        """
+        if not isinstance(dataset, tf.data.Dataset | tf.distribute.DistributedDataset):
+            _validation.fail(
+                "BackupAndRestore", "dataset", dataset,
+                "a tf.data.Dataset or a tf.distribute.DistributedDataset", TypeError,
+            )  # fmt: skip
+        iterator = iter(dataset)
+        self._owned_iterator = True
+        self._see_input(iterator, dataset)
+        resume, self._data_resume = self._data_resume, None
+        if resume is not None:
+            self._check_input_against(resume)
+            if resume["data"] == _DATA_ITERATOR:
+                self._restore_iterator(iterator, resume["path"])
+        return iterator
+
+    def _check_input_against(self, resume: dict) -> None:
+        diffs = _fingerprint.differences(resume["config"], self._input_items or {})
+        if "replicas" in self.adapted:
+            diffs.pop("input", None)  # a per-replica spec: the global batch is unchanged
+        if resume["data"] == _DATA_ITERATOR and self._data_mode != _DATA_ITERATOR:
+            diffs["data position"] = ("an iterator checkpoint", "an input that has none")
+        if diffs:
+            raise self._refusal(resume["path"], diffs)
+
+    def _restore_iterator(self, iterator, path: str) -> None:
+        status = tf.train.Checkpoint(iterator=iterator).read(os.path.join(path, "data"))
+        status.assert_consumed()
+
+    # -- writing -------------------------------------------------------------
+    def _save(self, epoch: int, batches_done: int) -> bool:
+        """Write and commit one backup; False (and a warning) if the write failed."""
+        if not self._writer() or self._last_saved == (epoch, batches_done):
+            return True
         fault = self._fault
         fault.next_save()
         backups = self._backups()
         number = backups[0][0] + 1 if backups else 0
-        temp = _atomic.make_temp_dir(self.backup_dir, _TEMP_PREFIX)
-        groups = self._groups()
-        for key in ("model", "metrics", "optimizer"):
-            _atomic.write_bytes(os.path.join(temp, f"{key}.npz"), _npz_bytes(groups[key]), fault)
-        if self.stateful_callbacks:
-            self._callback_checkpoint().write(os.path.join(temp, "callbacks"))
-            fault.hit("callbacks")
-        progress = {
-            "epoch": int(epoch),
-            "batches_done": int(batches_done),
-            "callbacks": len(self.stateful_callbacks),
-        }
-        progress.update({key: _signature(variables) for key, variables in groups.items()})
-        _atomic.write_bytes(
-            os.path.join(temp, "progress.json"), json.dumps(progress).encode(), fault
-        )
-        _atomic.write_manifest(temp, fault)
-        fault.hit("commit")
-        _atomic.commit(temp, os.path.join(self.backup_dir, f"backup-{number:012d}"))
-        fault.hit("cleanup")
+        temp = None
+        try:
+            temp = _atomic.make_temp_dir(self.backup_dir, _TEMP_PREFIX)
+            groups = self._groups()
+            for key in ("model", "metrics", "optimizer"):
+                _atomic.write_bytes(
+                    os.path.join(temp, f"{key}.npz"), _npz_bytes(groups[key]), fault
+                )
+            if self.stateful_callbacks:
+                self._callback_checkpoint().write(os.path.join(temp, "callbacks"))
+                fault.at("callbacks")
+            data = _DATA_NONE
+            if self._iterator is not None and self._data_mode == _DATA_ITERATOR:
+                tf.train.Checkpoint(iterator=self._iterator).write(os.path.join(temp, "data"))
+                data = _DATA_ITERATOR
+                fault.at("data")
+            elif self._iterator is not None:
+                data = _DATA_REPLAY
+            config = dict(self._config, **(self._input_items or {}))
+            progress = {
+                "epoch": int(epoch),
+                "batches_done": int(batches_done),
+                "callbacks": len(self.stateful_callbacks),
+                "config": config,
+                "data": data,
+            }
+            progress.update(
+                {key: _fingerprint.signature(variables) for key, variables in groups.items()}
+            )
+            _atomic.write_bytes(
+                os.path.join(temp, "progress.json"), json.dumps(progress).encode(), fault
+            )
+            _atomic.write_manifest(temp, fault)
+            fault.at("commit")
+            _atomic.commit(temp, os.path.join(self.backup_dir, f"backup-{number:012d}"))
+            temp = None
+        except (OSError, tf.errors.OpError) as e:
+            # A full disk or a failing device: keep training, keep the last backup.
+            if temp is not None:
+                _atomic.remove_tree(temp)
+            self._write_failures += 1
+            last = backups[0][1] if backups else None
+            message = (
+                f"BackupAndRestore: the backup of epoch {epoch}, batch {batches_done} was not "
+                f"written ({type(e).__name__}: {e}); training continues and the last good "
+                f"backup ({last or 'none yet'}) is intact."
+            )
+            _log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            return False
+        except BaseException:
+            # KeyboardInterrupt (SIGINT) or any error mid-write: nothing half-written stays.
+            if temp is not None:
+                _atomic.remove_tree(temp)
+            raise
+        self._last_saved = (epoch, batches_done)
+        fault.at("cleanup")
         # Older backups go only now, after the commit; damaged ones never count
         # as the kept previous backup.
         damaged = {path for path, _ in self.damaged_backups}
@@ -240,10 +458,15 @@ class BackupAndRestore(keras.callbacks.Callback):
         keep = 2 if self.double_checkpoint else 1
         for path in sorted(damaged) + good[keep - 1 :]:
             _atomic.remove_tree(path)
+        return True
 
-    # -- what is read back ---------------------------------------------------
+    # -- reading -------------------------------------------------------------
     def _read(self, path: str, groups: dict) -> tuple[dict, dict]:
-        """Validated progress and arrays of the backup at ``path``; raises ``_Damaged``."""
+        """Verified progress and arrays of the backup at ``path``.
+
+        Raises ``_Damaged`` (corrupt: skip it) or ``_Changed`` (sound, but of
+        another configuration: refuse).
+        """
         problem = _atomic.verify(path)
         if problem is not None:
             raise _Damaged(problem)
@@ -254,49 +477,82 @@ class BackupAndRestore(keras.callbacks.Callback):
             raise _Damaged(f"unreadable progress.json ({e})") from None
         if not isinstance(progress, dict) or set(progress) != _PROGRESS_KEYS:
             raise _Damaged(f"progress.json must hold exactly the keys {sorted(_PROGRESS_KEYS)}")
-        epochs = (self.params or {}).get("epochs")
-        steps = (self.params or {}).get("steps")
-        for key, high in (("epoch", epochs), ("batches_done", steps)):
+        for key in ("epoch", "batches_done"):
             value = progress[key]
-            if type(value) is not int or value < 0 or (high is not None and value > high):
-                raise _Damaged(f"progress {key}={value!r} outside [0, {high}]")
-        if progress["callbacks"] != len(self.stateful_callbacks):
-            raise _Damaged(
-                f"holds the state of {progress['callbacks']!r} callbacks, "
-                f"{len(self.stateful_callbacks)} were passed in `callbacks`"
-            )
+            if type(value) is not int or value < 0:
+                raise _Damaged(f"progress {key}={value!r} is not an integer >= 0")
+        if not isinstance(progress["config"], dict) or progress["data"] not in (
+            _DATA_ITERATOR, _DATA_REPLAY, _DATA_NONE,
+        ):  # fmt: skip
+            raise _Damaged("progress.json holds no configuration or data position")
         arrays = {}
-        for key, variables in groups.items():
-            if progress[key] != _signature(variables):
-                raise _Damaged(
-                    f"its {key} variables (count, shapes, dtypes) differ from this model's"
-                )
+        for key in groups:
+            recorded = progress[key]
             try:
                 with np.load(os.path.join(path, f"{key}.npz"), allow_pickle=False) as f:
-                    values = [f[f"arr_{i}"] for i in range(len(variables))]
-            except (OSError, ValueError, KeyError) as e:
+                    values = [f[f"arr_{i}"] for i in range(len(recorded))]
+                    extra = len(f.files) - len(recorded)
+            except (OSError, ValueError, KeyError, TypeError) as e:
                 raise _Damaged(f"unreadable {key}.npz ({e})") from None
-            for v, a in zip(variables, values, strict=True):
-                if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
-                    raise _Damaged(f"non-finite values in {key} variable {v.path!r}")
+            layout = [[list(a.shape), a.dtype.str] for a in values]
+            if extra or layout != recorded:
+                raise _Damaged(f"{key}.npz does not hold the arrays progress.json records")
+            if key != "metrics":  # metric totals may be inf/NaN in a healthy run
+                for i, a in enumerate(values):
+                    if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+                        raise _Damaged(f"non-finite values in {key} array {i}")
             arrays[key] = values
+        diffs = _fingerprint.differences(progress["config"], self._config)
+        for key in ("model", "optimizer"):
+            if progress[key] != _fingerprint.signature(groups[key]):
+                diffs[f"{key} variables (count, shapes, dtypes)"] = (
+                    f"{len(progress[key])} variables", f"{len(groups[key])} variables"
+                )
+        epochs, steps = (self.params or {}).get("epochs"), (self.params or {}).get("steps")
+        if epochs is not None and progress["epoch"] > epochs:
+            diffs["epochs"] = (f">= {progress['epoch']}", epochs)
+        if steps is not None and progress["batches_done"] > steps and not diffs:
+            raise _Damaged(f"progress batches_done={progress['batches_done']} > steps {steps}")
+        if diffs:
+            raise _Changed(diffs)
         return progress, arrays
+
+    def _refusal(self, path: str, diffs: dict) -> RuntimeError:
+        adaptable = ", ".join(_fingerprint.ADAPTABLE)
+        return RuntimeError(
+            f"BackupAndRestore: the backup {path} was written by a run configured differently "
+            f"(the backup's variables differ from this model's, or its settings differ): "
+            f"{_fingerprint.explain(diffs)}. Resuming would not continue that run exactly; "
+            f"restore the configuration, or use another backup_dir to start afresh "
+            f"(on_change='adapt' continues only across a changed {adaptable})."
+        )
+
+    def _accept_changes(self, path: str, diffs: dict) -> None:
+        refused = {k: v for k, v in diffs.items() if k not in _fingerprint.ADAPTABLE}
+        if self.on_change == "refuse" or refused:
+            raise self._refusal(path, refused or diffs)
+        self.adapted = diffs
+        _log.warning("BackupAndRestore: adapting to %s", _fingerprint.explain(diffs))
 
     def on_train_begin(self, logs=None):
         if not self.model.built:
             raise ValueError(
-                "BackupAndRestore: the model must be built before `fit()` (call it on a batch "
-                "or give it an Input)."
+                "BackupAndRestore: the model must be built before training (call it on a "
+                "batch or give it an Input)."
             )
-        self._epoch, self._batches_done, self._since_save, self._last_batch = 0, 0, 0, -1
-        self._pending_epoch_save = None
-        self._resume, self._skip_remaining, self._skipped_in_epoch = None, 0, 0
-        self.skipped_batches, self.restored_from, self.damaged_backups = 0, None, []
-        self._remove_temp_dirs()  # leftovers of a write killed before its commit
-        if self.model.optimizer is not None:
+        self._reset()
+        if self._writer():
+            self._check_writable()
+            self._remove_temp_dirs()  # leftovers of a write killed before its commit
+        optimizer = self._optimizer()
+        if optimizer is not None:
             # Every backup holds the control plane's knobs, so that its layout
             # does not depend on whether another callback installed it first.
             install_for("BackupAndRestore", self.model)
+        self._config = _fingerprint.of_run(
+            self.model, optimizer, self.params, self._strategy(), len(self.stateful_callbacks)
+        )
+        self._install_sigterm()
         backups = self._backups()
         if not backups:
             return
@@ -310,6 +566,9 @@ class BackupAndRestore(keras.callbacks.Callback):
                 _log.warning(message)
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
                 continue
+            except _Changed as e:
+                self._accept_changes(path, e.args[0])
+                progress, arrays = self._read_adapted(path, groups)
             self._load(path, progress, groups, arrays)
             return
         raise RuntimeError(
@@ -318,88 +577,206 @@ class BackupAndRestore(keras.callbacks.Callback):
             + "; ".join(f"{os.path.basename(p)}: {why}" for p, why in self.damaged_backups)
         )
 
+    def _read_adapted(self, path, groups):
+        saved, self._config = self._config, dict(self._config)
+        for key, (old, _) in self.adapted.items():
+            self._config[key] = old
+        try:
+            return self._read(path, groups)
+        finally:
+            self._config = saved
+
     def _load(self, path: str, progress: dict, groups: dict, arrays: dict) -> None:
         for key in ("model", "optimizer"):
             for v, a in zip(groups[key], arrays[key], strict=True):
                 v.assign(a)
+        if "replicas" in self.adapted:
+            self._check_windows_closed(path)
         if self.stateful_callbacks:
             status = self._callback_checkpoint().read(os.path.join(path, "callbacks"))
             status.assert_existing_objects_matched()
         self.restored_from = path
+        self.initial_epoch = progress["epoch"]
+        self.initial_step = progress["batches_done"]
         _internals.set_initial_epoch(self.model, progress["epoch"])
-        self._resume = (progress["epoch"], progress["batches_done"], arrays["metrics"])
+        self._resume = {
+            "path": path,
+            "epoch": progress["epoch"],
+            "done": progress["batches_done"],
+            "metrics": arrays["metrics"],
+            "metrics_layout": progress["metrics"],
+            "config": progress["config"],
+            "data": progress["data"],
+        }
+        self._data_resume = self._resume
+        self._last_saved = (progress["epoch"], progress["batches_done"])
 
-    # -- bookkeeping ---------------------------------------------------------
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch, self._batches_done, self._skipped_in_epoch = epoch, 0, 0
+    def _check_windows_closed(self, path: str) -> None:
+        """An open accumulation window holds per-replica partial sums: not continuable."""
+        for node in optimizer_chain(self._optimizer()):
+            if isinstance(node, GradientAccumulator):
+                done = int(node.micro_step.numpy()) % int(node.accumulation_steps)
+                if done:
+                    raise self._refusal(
+                        path,
+                        {
+                            "replicas with an open accumulation window": (
+                                f"{self.adapted['replicas'][0]} replicas, {done} of "
+                                f"{node.accumulation_steps} micro-batches accumulated",
+                                f"{self.adapted['replicas'][1]} replicas",
+                            )
+                        },
+                    )
+
+    def _restore_metrics(self, resume: dict, element_spec=None) -> None:
+        model = self.model
+        if not _internals.metrics_built(model) and element_spec is not None:
+            # fit builds compiled metrics only when it traces its first step.
+            _internals.symbolic_build(model, _spec_zeros(element_spec))
+        variables = list(getattr(model, "metrics_variables", []))
+        if _fingerprint.signature(variables) != resume["metrics_layout"]:
+            raise self._refusal(
+                resume["path"],
+                {
+                    "metrics variables": (
+                        f"{len(resume['metrics_layout'])} variables", f"{len(variables)} variables"
+                    )
+                },
+            )
+        for v, a in zip(variables, resume["metrics"], strict=True):
+            v.assign(a)
+
+    # -- fit's steps ---------------------------------------------------------
+    def _wrap_step(self, original):
+        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+
+        def train_function(iterator):
+            if self._first_step:
+                self._first_step = False
+                self._epoch_first_step(iterator)
+            if self._skip_remaining > 0:
+                n = min(per_call, self._skip_remaining)
+                if self._skip_draws:
+                    for _ in range(n):
+                        next(iterator)  # draw the batch so the data order stays the same
+                self._skip_remaining -= n
+                self._skipped_in_epoch += n
+                self.skipped_batches += n
+                return self.model.get_metrics_result()
+            return original(iterator)
+
+        return train_function
+
+    def _epoch_first_step(self, iterator) -> None:
+        self._see_input(iterator)
+        resume, self._resume = self._resume, None
+        self._data_resume = None
+        if resume is not None and resume["epoch"] == self._epoch:
+            self._check_input_against(resume)
+            self._skip_draws = resume["data"] != _DATA_ITERATOR
+            if resume["data"] == _DATA_ITERATOR:
+                self._restore_iterator(iterator, resume["path"])
+            elif resume["done"]:
+                message = (
+                    f"BackupAndRestore: resuming an input that cannot be checkpointed by "
+                    f"replaying {resume['done']} batches of epoch {resume['epoch']}."
+                )
+                _log.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+            if resume["done"]:
+                self._restore_metrics(resume, iterator.element_spec)
+                self._skip_remaining = resume["done"]
         if self._pending_epoch_save is not None:
+            # The epoch's backup, taken now so that it holds this epoch's fresh
+            # iterator (its reshuffle seed) and every callback's on_epoch_end.
             self._save(self._pending_epoch_save, 0)
             self._pending_epoch_save = None
-        if self._resume is None:
-            return
-        resume_epoch, done, metric_values = self._resume
-        self._resume = None
-        if epoch != resume_epoch or done == 0:
-            return
-        # Keras reset the metrics just before this call; the interrupted epoch's
-        # accumulators come back so its logs cover all of its batches.
-        for v, a in zip(self.model.metrics_variables, metric_values, strict=True):
-            v.assign(a)
-        self._install_skip(done)
 
-    def _install_skip(self, count: int) -> None:
-        # Installed here, not in on_train_begin: other callbacks' on_train_begin
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._batches_done, self._skipped_in_epoch = epoch, 0, 0
+        # Wrapped here, not in on_train_begin: other callbacks' on_train_begin
         # may still rebuild `model.train_function` after ours.
-        self._skip_remaining = count
-        model = self.model
-        original = model.train_function
-        per_call = int(getattr(model, "steps_per_execution", 1) or 1)
-
-        def skipping_train_function(iterator):
-            if self._skip_remaining <= 0:
-                model.train_function = original
-                return original(iterator)
-            n = min(per_call, self._skip_remaining)
-            for _ in range(n):
-                next(iterator)  # draw the batch so the data order stays the same
-            self._skip_remaining -= n
-            self._skipped_in_epoch += n
-            self.skipped_batches += n
-            return model.get_metrics_result()
-
-        model.train_function = skipping_train_function
+        _internals.intercept_train_function(self.model, self._wrap_step)
+        hooked = _internals.is_intercepted(self.model)
+        self._first_step = hooked
+        if not hooked:  # a custom loop: its iterator is its own
+            if self._pending_epoch_save is not None:
+                self._save(self._pending_epoch_save, 0)
+                self._pending_epoch_save = None
+            resume, self._resume = self._resume, None
+            if resume is not None and resume["epoch"] == epoch and resume["done"]:
+                if _internals.metrics_built(self.model):
+                    self._restore_metrics(resume)
+                # The loop starts this epoch at batch `initial_step`.
+                self._last_batch = resume["done"] - 1
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches_done = batch + 1
-        if self.save_freq == "epoch":
-            return
         # Batches since the last call (more than one with steps_per_execution).
         step = batch + 1 if batch <= self._last_batch else batch - self._last_batch
         self._last_batch = batch
         if self._batches_done <= self._skipped_in_epoch:
             return  # a skipped batch: the weights are those of a later batch
-        self._since_save += step
-        if self._since_save >= self.save_freq:
-            self._since_save = 0
+        if self.save_freq != "epoch":
+            self._since_save += step
+            if self._since_save >= self.save_freq:
+                self._since_save = 0
+                self._save(self._epoch, self._batches_done)
+        if self._preempted:
             self._save(self._epoch, self._batches_done)
+            self._release_sigterm()
+            _log.warning(
+                "BackupAndRestore: SIGTERM received; backup of epoch %d, batch %d written; "
+                "exiting.", self._epoch, self._batches_done,
+            )  # fmt: skip
+            raise SystemExit(0)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_batch = -1
         if self.save_freq == "epoch":
-            # Saved at the next epoch's start, after every callback's
+            # Saved at the next epoch's first step, after every callback's
             # on_epoch_end has updated its state for this epoch.
             self._pending_epoch_save = epoch + 1
 
     def on_train_end(self, logs=None):
         _internals.set_initial_epoch(self.model, None)
+        _internals.release_train_function(self.model)
+        self._release_sigterm()
         if self.delete_checkpoint:
-            for _, path in self._backups():
-                _atomic.remove_tree(path)
-            self._remove_temp_dirs()
-            try:
-                os.rmdir(self.backup_dir)
-            except OSError:
-                pass  # not empty (the user's own files) or already gone
+            if self._writer():
+                for _, path in self._backups():
+                    _atomic.remove_tree(path)
+                self._remove_temp_dirs()
+                try:
+                    os.rmdir(self.backup_dir)
+                except OSError:
+                    pass  # not empty (the user's own files) or already gone
         elif self._pending_epoch_save is not None:
             self._save(self._pending_epoch_save, 0)
         self._pending_epoch_save = None
+        self._iterator = None
+
+    # -- preemption ----------------------------------------------------------
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self._release_sigterm()
+        self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _release_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _on_sigterm(self, signum, frame):
+        if not self._preempted:
+            self._preempted = True  # handled at the next batch boundary
+            return
+        previous = self._previous_sigterm
+        self._release_sigterm()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)

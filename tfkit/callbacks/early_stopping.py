@@ -6,6 +6,7 @@ import math
 import warnings
 
 import keras
+import numpy as np
 
 from tfkit import _validation
 from tfkit.callbacks import _monitor
@@ -43,12 +44,16 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
 
     Decision rule (Keras'): at the end of each epoch ``>= start_from_epoch``,
     ``wait += 1``; if the value improves on ``best`` by more than ``min_delta``
-    (``current < best - min_delta`` in min mode; with
-    ``threshold_mode="rel"``, PyTorch's ``current < best * (1 - min_delta)``),
-    ``best`` is updated and ``wait`` is reset to 0 (only if ``baseline`` is also
-    beaten). Training stops when ``wait >= patience`` and ``epoch > 0``. As in
-    Keras 3, best weights are restored in ``on_train_end`` whether or not the
-    stop was triggered.
+    (``current + min_delta < best`` in min mode, compared as Keras compares:
+    with ``keras.ops``, so Python floats in float32 and near-ties fall as in
+    Keras; with ``threshold_mode="rel"``, PyTorch's ``current < best * (1 -
+    min_delta)`` in float64), ``best`` is updated and ``wait`` is reset to 0
+    (only if ``baseline`` is also beaten, by the same comparison). Training
+    stops when ``wait >= patience`` and ``epoch > 0``. As in Keras 3, best
+    weights are restored in ``on_train_end`` whether or not the stop was
+    triggered. The one deliberate difference: with ``stop_on_nonfinite=True``
+    (default) a NaN/inf value stops training at once; with ``False`` every
+    decision is Keras' (``-inf`` counts as an improvement in min mode there).
 
     Args:
         monitor: Key of the logs to watch. Default ``"val_loss"``.
@@ -131,6 +136,7 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
         else:
             self._snapshot = DiskSnapshot(snapshot_path)
         self._direction = None
+        self._best_raw = None
         self.stopped_on_nonfinite = False
 
     # Keras-compatible read-only views of the state.
@@ -152,6 +158,7 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
         resuming = self.state.begin()
         if not resuming:
             self._snapshot.clear()
+            self._best_raw = None
         self.stopped_on_nonfinite = False
         if self.restore_best_weights:
             self._bind_snapshot()
@@ -179,12 +186,13 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
             # Keras: before any improvement, the current weights count as the best.
             self._take_snapshot(epoch)
         wait = self.wait + 1
-        if _monitor.is_improvement(current, self.best, self._direction, self.min_delta, self.threshold_mode):
+        # Keras compares the logged value itself (dtype included) with its best.
+        raw = logs.get(self.monitor)
+        if self._improves(raw, current, self._best_reference()):
             self.state.set("best", current)
+            self._best_raw = raw
             self._take_snapshot(epoch)
-            if self.baseline is None or _monitor.is_improvement(
-                current, self.baseline, self._direction, self.min_delta, self.threshold_mode
-            ):
+            if self.baseline is None or self._improves(raw, current, self.baseline):
                 wait = 0
             self.state.set("wait", wait)
             return
@@ -192,6 +200,23 @@ class EarlyStopping(MonitorStateMixin, keras.callbacks.Callback):
         if wait >= self.patience and epoch > 0:
             self.state.set("stopped_epoch", epoch)
             self.model.stop_training = True
+
+    def _best_reference(self):
+        """Keras' ``self.best``: the logged value, or (after a resume) the stored float."""
+        best = self.best
+        if best is None:
+            return None
+        raw = getattr(self, "_best_raw", None)
+        return raw if raw is not None and float(np.asarray(raw)) == best else best
+
+    def _improves(self, raw, current: float, reference) -> bool:
+        if self.threshold_mode == "rel":  # PyTorch's rule (float64, as PyTorch)
+            if reference is None:
+                return _monitor.is_improvement(current, None, self._direction, 0.0, "rel")
+            return _monitor.is_improvement(
+                current, float(np.asarray(reference)), self._direction, self.min_delta, "rel"
+            )
+        return _monitor.keras_is_improvement(raw, reference, self._direction, self.min_delta)
 
     def on_train_end(self, logs=None):
         if self.verbose and self.stopped_epoch > 0:

@@ -278,6 +278,10 @@ class HyperparameterState(tf.Module):
         """Host value of the rate the optimizer applies at its current step (knobs included)."""
         return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
+    def next_learning_rate(self) -> float:
+        """Same as :meth:`learning_rate` (the rate the next update applies); kept for callers of v1."""
+        return self.learning_rate()
+
     def momentum(self) -> float | None:
         """Host value of ``momentum``/``beta_1`` at the current step (``None`` if it has neither)."""
         name = self.momentum_key()

@@ -8,7 +8,14 @@ any schedules; ``get_scheduler`` builds Hugging Face's named schedules.
 Semantics (the same for every schedule):
 
 * ``step`` is the number of real optimizer updates so far, starting at 0.
-  Any scalar int32, int64 or float step works, up to at least 2**40.
+* The step contract: Python and NumPy ints and floats and int/float tensors
+  are evaluated in float64 (a Python float never passes through float32), up
+  to 2**53 exactly. ``bool``, complex, ``str`` and ``None`` raise ``TypeError``
+  naming ``step``; a negative or non-finite Python step raises ``ValueError``;
+  a negative or non-finite tensor step raises ``InvalidArgumentError`` naming
+  ``step`` when the graph runs (under ``jit_compile=True``, where XLA drops
+  assertions, the value is NaN instead). A step is never clamped.
+* Where the formula gives 0 past the end, the value is exactly 0 (XLA too).
 * A schedule that starts later (after a ``Warmup``, or after a ``Join``
   boundary) sees ``step - start``: ``decay_steps`` never include a warmup.
 * Finite schedules hold their final value past their end.
@@ -29,6 +36,7 @@ from tfkit.schedules.piecewise import MultiStepDecay, PiecewiseConstantDecay
 from tfkit.schedules.polynomial import PolynomialDecay
 from tfkit.schedules.product import Product
 from tfkit.schedules.scaled import ScaledSchedule
+from tfkit.schedules.swa import SWALR
 from tfkit.schedules.warmup import Warmup
 from tfkit.schedules.warmup_stable_decay import WarmupStableDecay
 
@@ -49,6 +57,7 @@ __all__ = [
     "PiecewiseConstantDecay",
     "PolynomialDecay",
     "Product",
+    "SWALR",
     "ScaledSchedule",
     "Warmup",
     "WarmupStableDecay",

@@ -12,12 +12,16 @@ Numerics, decided once for the package:
   anywhere in its cycle. Only the resulting fraction in [0, 1] is cast to the
   value dtype, so float32 results stay within float32 rounding of the float64
   reference at every step.
-* Steps below 0 are treated as step 0 (optimizer iteration counters start at 0).
+* The step contract (``step_as_float64``): any int or float step, Python,
+  NumPy or tensor, is evaluated in float64; bool, complex, str and None are a
+  ``TypeError``; a negative or non-finite step is an error, never clamped.
 * Optimizers pass a scalar step; every tfkit schedule is elementwise, so a
   vector of steps also works (one call for a whole curve, as ``tfkit.plot`` does).
 """
 
 from __future__ import annotations
+
+import numbers
 
 import keras
 import numpy as np
@@ -47,7 +51,7 @@ class ScheduleBase(LearningRateSchedule):
 
     def __call__(self, step):
         with tf.name_scope(self.name or type(self).__name__):
-            return self._compute(step_as_float64(step))
+            return with_step_contract(type(self).__name__, step, self._compute)
 
     def _compute(self, step: tf.Tensor) -> tf.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -78,12 +82,81 @@ def check_representable(owner: str, value: float, dtype: str, arguments: dict) -
         )
 
 
-def step_as_float64(step) -> tf.Tensor:
-    """Any scalar step (int32, int64, float, Python number) as float64, floored at 0."""
+def step_as_float64(step, owner: str = "schedule") -> tf.Tensor:
+    """The step contract of every tfkit schedule: ``step`` as a float64 tensor, checked, never clamped.
+
+    * Python and NumPy ints and floats, and int or float tensors (any width),
+      are evaluated in float64. A Python float goes straight to float64 (a
+      float32 detour would turn 16777217.0 into 16777216.0).
+    * ``bool``, complex, ``str``/``bytes``, ``None`` (and tensors of those
+      dtypes) raise ``TypeError`` naming ``step``.
+    * A Python/NumPy step that is negative or not finite (or an int beyond
+      float64, ``10**400``) raises ``ValueError`` naming ``step``.
+    * A tensor step is checked when the graph runs: a negative or non-finite
+      element raises ``tf.errors.InvalidArgumentError`` naming ``step``
+      (``tf.debugging.check_numerics``). Under ``jit_compile=True`` XLA compiles
+      every assertion to nothing, so there such a step gives a NaN value
+      instead: loud, never a silently clamped rate.
+    """
+    if isinstance(step, bool | np.bool_ | str | bytes | complex | np.complexfloating) or (
+        step is None
+    ):
+        _validation.fail(owner, "step", step, "an int or float number or tensor", TypeError)
+    if _is_host_step(step):
+        return _host_step(owner, step)
     step = tf.convert_to_tensor(step)
+    if not (step.dtype.is_integer or step.dtype.is_floating):
+        _validation.fail(
+            owner, "step", step, f"an int or float tensor (not {step.dtype.name})", TypeError
+        )
     if step.dtype != tf.float64:
-        step = tf.cast(step, tf.float64)
-    return tf.maximum(step, tf.constant(0.0, tf.float64))
+        step = tf.cast(step, tf.float64)  # exact for every int below 2**53 and every float32
+    # A negative or infinite step becomes NaN (`step >= 0` and `step < inf` are
+    # both False for NaN), and check_numerics refuses it with a message naming `step`.
+    ok = (step >= 0) & (step < np.inf)
+    return tf.debugging.check_numerics(
+        tf.where(ok, step, tf.constant(np.nan, tf.float64)),
+        f"{owner}: `step` must be a finite number >= 0; received a negative or non-finite step",
+    )
+
+
+def with_step_contract(owner: str, step, compute):
+    """``compute(step_as_float64(step))``, NaN where a tensor step broke the contract.
+
+    Under XLA the ``check_numerics`` of ``step_as_float64`` compiles to nothing:
+    the NaN it leaves in the step is carried to the value here, so a bad step
+    never yields a plausible (clamped) rate.
+    """
+    checked = step_as_float64(step, owner)
+    value = tf.convert_to_tensor(compute(checked))
+    if _is_host_step(step):
+        return value  # checked on the host already
+    return tf.where(tf.math.is_nan(checked), tf.constant(np.nan, value.dtype), value)
+
+
+def _is_host_step(step) -> bool:
+    return isinstance(step, numbers.Number | np.generic | np.ndarray | list | tuple)
+
+
+def _host_step(owner: str, step) -> tf.Tensor:
+    """A Python/NumPy step, checked on the host (no graph op)."""
+    try:
+        array = np.asarray(step)
+    except (OverflowError, ValueError):  # pragma: no cover - ragged lists
+        _validation.fail(owner, "step", step, "an int or float number or tensor", TypeError)
+    if array.dtype == object:  # Python ints beyond int64 (2**70, 10**400)
+        try:
+            array = np.asarray(step, dtype=np.float64)
+        except (OverflowError, TypeError, ValueError):
+            _validation.fail(
+                owner, "step", _validation._Shown(step), "a finite number that fits a float64"
+            )
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        _validation.fail(owner, "step", step, "an int or float number or tensor", TypeError)
+    array = array.astype(np.float64)  # int64 -> float64 rounds only beyond 2**53
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        _validation.fail(owner, "step", step, "a finite number >= 0")
+    return tf.constant(array, tf.float64)
 
 
 def constant(value: float, dtype: str) -> tf.Tensor:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tfkit.schedules._base import LearningRateSchedule, check_number, check_rate
+from tfkit import _validation
+from tfkit.schedules._base import LearningRateSchedule, check_number, check_rate, resolve_dtype
 from tfkit.schedules.constant import Constant
 from tfkit.schedules.cosine import CosineDecay, CosineDecayRestarts
 from tfkit.schedules.inverse_sqrt import InverseSqrtDecay
@@ -53,6 +54,8 @@ def get_scheduler(
     learning_rate: float,
     num_warmup_steps: int | None = None,
     num_training_steps: int | None = None,
+    *,
+    dtype: str | None = None,
     **scheduler_specific_kwargs,
 ) -> LearningRateSchedule:
     """The tfkit schedule for a Hugging Face ``transformers.get_scheduler`` name.
@@ -116,9 +119,15 @@ def get_scheduler(
             (and by "warmup_stable_decay" unless ``num_stable_steps`` is given,
             in which case a ``T`` given must equal the sum of the phases).
             "constant", "constant_with_warmup" and "inverse_sqrt" never end
-            and take no ``T``; one given is accepted and unused, as in Hugging
-            Face, so the same call works for every name (the Trainer passes both
-            counts to every name, and "constant" takes no ``W`` either).
+            and take no ``T``; one given is unused, as in Hugging Face, so the
+            same call works for every name (the Trainer passes both counts to
+            every name, and "constant" takes no ``W`` either), but it is still
+            validated: an unused count must be None or an integer >= 0.
+            Step counts are integers (``10.0`` is refused, never truncated).
+        dtype: ``"float32"`` or ``"float64"`` for the values (tfkit's rule:
+            float64 when ``learning_rate`` is a float64 array or tensor, such as
+            ``np.float64(2e-4)``, else float32). With float64 the values are
+            Hugging Face's float64 values.
         **scheduler_specific_kwargs: the name's keywords (Hugging Face's
             ``scheduler_specific_kwargs`` dict, passed as keywords).
 
@@ -152,21 +161,26 @@ def get_scheduler(
             f"{_OWNER}: name={name!r} takes the keyword(s) {allowed}; received unexpected "
             f"{', '.join(f'{k}={scheduler_specific_kwargs[k]!r}' for k in unknown)}."
         )
-    lr = check_rate(_OWNER, "learning_rate", learning_rate, "float32")
+    dtype = resolve_dtype(_OWNER, dtype, learning_rate)
+    lr = check_rate(_OWNER, "learning_rate", learning_rate, dtype)
     kw = scheduler_specific_kwargs
+    if name in ("constant", "constant_with_warmup", "inverse_sqrt"):
+        # Unused (the schedule never ends), but never unchecked nonsense.
+        _unused_steps("num_training_steps", num_training_steps)
     if name == "constant":
-        return Constant(lr)
+        _unused_steps("num_warmup_steps", num_warmup_steps)
+        return Constant(lr, dtype=dtype)
     w = _steps("num_warmup_steps", num_warmup_steps, name)
     if name == "constant_with_warmup":
-        return Warmup(Constant(lr), w)
+        return Warmup(Constant(lr, dtype=dtype), w)
     if name == "inverse_sqrt":
         timescale = kw.get("timescale")
         if timescale is None:
             timescale = w or 10_000
         timescale = check_number(_OWNER, "timescale", timescale, low=1)
-        return Warmup(InverseSqrtDecay(lr, timescale), w)
+        return Warmup(InverseSqrtDecay(lr, timescale, dtype=dtype), w)
     if name == "warmup_stable_decay":
-        return _wsd(lr, w, num_training_steps, kw)
+        return _wsd(lr, w, num_training_steps, kw, dtype)
     total = _steps("num_training_steps", num_training_steps, name)
     if total <= w:
         raise ValueError(
@@ -176,28 +190,30 @@ def get_scheduler(
         )
     t = total - w
     if name == "linear":
-        return Warmup(PolynomialDecay(lr, t, end_learning_rate=0.0), w)
+        return Warmup(PolynomialDecay(lr, t, end_learning_rate=0.0, dtype=dtype), w)
     if name == "cosine":
-        return Warmup(CosineDecay(lr, t, num_cycles=_cycles(kw.get("num_cycles", 0.5))), w)
+        cycles = _cycles(kw.get("num_cycles", 0.5))
+        return Warmup(CosineDecay(lr, t, num_cycles=cycles, dtype=dtype), w)
     if name == "cosine_with_restarts":
         cycles = check_number(
             _OWNER, "num_cycles", kw.get("num_cycles", 1), low=0, low_open=True, high=t
         )
-        restarts = CosineDecayRestarts(lr, t / cycles, t_mul=1.0)
-        return Warmup(Join([restarts, Constant(0.0)], [t]), w)
+        restarts = CosineDecayRestarts(lr, t / cycles, t_mul=1.0, dtype=dtype)
+        return Warmup(Join([restarts, Constant(0.0, dtype=dtype)], [t]), w)
     if name == "polynomial":
-        lr_end = check_rate(_OWNER, "lr_end", kw.get("lr_end", 1e-7), "float32")
+        lr_end = check_rate(_OWNER, "lr_end", kw.get("lr_end", 1e-7), dtype)
         if not lr > lr_end:
             raise ValueError(
                 f"{_OWNER}: `lr_end` must be smaller than `learning_rate` (as in Hugging Face); "
                 f"received lr_end={lr_end!r}, learning_rate={lr!r}."
             )
         power = check_number(_OWNER, "power", kw.get("power", 1.0), low=0, low_open=True)
-        return Warmup(PolynomialDecay(lr, t, end_learning_rate=lr_end, power=power), w)
-    rate = _min_lr_rate(lr, kw)
+        decay = PolynomialDecay(lr, t, end_learning_rate=lr_end, power=power, dtype=dtype)
+        return Warmup(decay, w)
+    rate = _min_lr_rate(lr, kw, dtype)
     cycles = _cycles(kw.get("num_cycles", 0.5))
     if name == "cosine_with_min_lr":
-        return Warmup(CosineDecay(lr, t, alpha=rate, num_cycles=cycles), w)
+        return Warmup(CosineDecay(lr, t, alpha=rate, num_cycles=cycles, dtype=dtype), w)
     # cosine_warmup_with_min_lr: warmup r + (1 - r) * step / (W - 1) reaches lr at step
     # W - 1, where the cosine (evaluated at step - W + 1) starts.
     warmup_lr_rate = kw.get("warmup_lr_rate")
@@ -218,7 +234,7 @@ def get_scheduler(
                 f"num_warmup_steps={w!r}, warmup_lr_rate={warmup_lr_rate!r}."
             )
         start = lr * warmup_lr_rate
-    decay = CosineDecay(lr, t + 1, alpha=rate, num_cycles=cycles * (t + 1) / t)
+    decay = CosineDecay(lr, t + 1, alpha=rate, num_cycles=cycles * (t + 1) / t, dtype=dtype)
     return Warmup(decay, w - 1, initial_learning_rate=start)
 
 
@@ -227,14 +243,19 @@ def _steps(arg: str, value, name: str) -> int:
         raise ValueError(
             f"{_OWNER}: name={name!r} requires `{arg}` (an integer >= 0); received {arg}=None."
         )
-    return check_number(_OWNER, arg, value, low=0, integer=True)
+    return _validation.check_int(_OWNER, arg, value, low=0)
+
+
+def _unused_steps(arg: str, value) -> None:
+    if value is not None:
+        _validation.check_int(_OWNER, arg, value, low=0)
 
 
 def _cycles(value) -> float:
     return check_number(_OWNER, "num_cycles", value, low=0, high=1e300)
 
 
-def _min_lr_rate(lr: float, kw: dict) -> float:
+def _min_lr_rate(lr: float, kw: dict, dtype: str) -> float:
     min_lr, min_lr_rate = kw.get("min_lr"), kw.get("min_lr_rate")
     if (min_lr is None) == (min_lr_rate is None):
         raise ValueError(
@@ -242,7 +263,7 @@ def _min_lr_rate(lr: float, kw: dict) -> float:
             f"min_lr={min_lr!r}, min_lr_rate={min_lr_rate!r}."
         )
     if min_lr is not None:
-        min_lr = check_rate(_OWNER, "min_lr", min_lr, "float32")
+        min_lr = check_rate(_OWNER, "min_lr", min_lr, dtype)
         if lr == 0 or min_lr > lr:
             raise ValueError(
                 f"{_OWNER}: `min_lr` must be in [0, learning_rate] with learning_rate > 0; "
@@ -252,13 +273,13 @@ def _min_lr_rate(lr: float, kw: dict) -> float:
     return check_number(_OWNER, "min_lr_rate", min_lr_rate, low=0, high=1)
 
 
-def _wsd(lr: float, w: int, total, kw: dict) -> WarmupStableDecay:
+def _wsd(lr: float, w: int, total, kw: dict, dtype: str) -> WarmupStableDecay:
     if "num_decay_steps" not in kw:
         raise ValueError(
             f"{_OWNER}: name='warmup_stable_decay' requires `num_decay_steps` (an integer "
             "steps >= 0); received num_decay_steps=None."
         )
-    d = check_number(_OWNER, "num_decay_steps", kw["num_decay_steps"], low=0, integer=True)
+    d = _validation.check_int(_OWNER, "num_decay_steps", kw["num_decay_steps"], low=0)
     stable = kw.get("num_stable_steps")
     if stable is None:
         if total is None:
@@ -266,7 +287,7 @@ def _wsd(lr: float, w: int, total, kw: dict) -> WarmupStableDecay:
                 f"{_OWNER}: name='warmup_stable_decay' requires `num_training_steps` or "
                 "`num_stable_steps`; received num_training_steps=None, num_stable_steps=None."
             )
-        total = check_number(_OWNER, "num_training_steps", total, low=0, integer=True)
+        total = _validation.check_int(_OWNER, "num_training_steps", total, low=0)
         stable = total - w - d
         if stable < 0:
             raise ValueError(
@@ -275,9 +296,11 @@ def _wsd(lr: float, w: int, total, kw: dict) -> WarmupStableDecay:
                 f"num_warmup_steps={w!r}, num_decay_steps={d!r}."
             )
     else:
-        stable = check_number(_OWNER, "num_stable_steps", stable, low=0, integer=True)
+        stable = _validation.check_int(_OWNER, "num_stable_steps", stable, low=0)
         # Hugging Face warns and uses num_stable_steps; a total that disagrees would be ignored.
-        if total is not None and total != w + stable + d:
+        if total is not None and _validation.check_int(
+            _OWNER, "num_training_steps", total, low=0
+        ) != w + stable + d:
             raise ValueError(
                 f"{_OWNER}: `num_training_steps` must equal num_warmup_steps + num_stable_steps "
                 f"+ num_decay_steps when both are given; received num_training_steps={total!r}, "
@@ -293,4 +316,5 @@ def _wsd(lr: float, w: int, total, kw: dict) -> WarmupStableDecay:
         warmup_type=kw.get("warmup_type", "linear"),
         decay_type=kw.get("decay_type", "cosine"),
         num_cycles=kw.get("num_cycles", 0.5),
+        dtype=dtype,
     )

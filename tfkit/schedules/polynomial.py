@@ -77,11 +77,14 @@ class PolynomialDecay(ScheduleBase):
 
     def _compute(self, step):
         decay_steps = tf.constant(self.decay_steps, tf.float64)
+        # (D - s) / D rather than 1 - s / D: XLA turns a division by a constant
+        # into a product with its reciprocal, and 1 - s * (1 / D) misses 0 at the
+        # end by an ulp (a rate of 1e-20 where the formula says 0).
         if self.cycle:
-            periods = tf.maximum(tf.math.ceil(step / decay_steps), 1.0)
-            remaining = 1.0 - step / (decay_steps * periods)
+            span = decay_steps * tf.maximum(tf.math.ceil(step / decay_steps), 1.0)
+            remaining = (span - step) / span
         else:
-            remaining = 1.0 - tf.minimum(step, decay_steps) / decay_steps
+            remaining = (decay_steps - tf.minimum(step, decay_steps)) / decay_steps
         factor = tf.cast(tf.pow(tf.maximum(remaining, 0.0), self.power), self.dtype)
         start = tf.constant(self.initial_learning_rate, self.dtype)
         end = tf.constant(self.end_learning_rate, self.dtype)

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfkit import _validation
-from tfkit.schedules._base import peak_of
+from tfkit.schedules._base import peak_of, with_step_contract
 
 __all__ = ["ScaledSchedule"]
 
@@ -68,8 +68,11 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.multiplier = tf.Variable(value, dtype=tf.float32, trainable=False, name="lr_multiplier")
 
     def __call__(self, step):
-        lr = ops.convert_to_tensor(self.schedule(step))
-        return lr * ops.cast(self.multiplier, lr.dtype)
+        def scaled(step):
+            lr = ops.convert_to_tensor(self.schedule(step))
+            return lr * ops.cast(self.multiplier, lr.dtype)
+
+        return with_step_contract("ScaledSchedule", step, scaled)
 
     def get_config(self) -> dict:
         return {

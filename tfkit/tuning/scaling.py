@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+from tfkit import _validation
+
 __all__ = ["scale_learning_rate", "RULES"]
 
 RULES = ("linear", "sqrt")
@@ -39,15 +41,19 @@ def scale_learning_rate(lr: float, base_batch: int, new_batch: int, rule: str = 
     (arXiv:1706.02677); A. Krizhevsky, "One weird trick for parallelizing
     convolutional neural networks", 2014 (arXiv:1404.5997).
     """
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"scale_learning_rate: `lr` must be a finite number > 0, received {lr!r}")
-    for name, value in (("base_batch", base_batch), ("new_batch", new_batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"scale_learning_rate: `{name}` must be an int >= 1, received {value!r}"
-            )
-    if rule == "linear":
-        return lr * new_batch / base_batch
-    if rule == "sqrt":
-        return lr * math.sqrt(new_batch / base_batch)
-    raise ValueError(f"scale_learning_rate: `rule` must be one of {RULES}, received {rule!r}")
+    owner = "scale_learning_rate"
+    lr = _validation.check_float(owner, "lr", lr, low=0, low_open=True)
+    base_batch = _validation.check_int(owner, "base_batch", base_batch, low=1)
+    new_batch = _validation.check_int(owner, "new_batch", new_batch, low=1)
+    _validation.check_choice(owner, "rule", rule, RULES)
+    ratio = new_batch / base_batch  # int / int: correctly rounded, finite for int64 sizes
+    scaled = lr * ratio if rule == "linear" else lr * math.sqrt(ratio)
+    if not math.isfinite(scaled) or scaled == 0:
+        _validation.fail(
+            owner,
+            "lr",
+            lr,
+            f"such that the {rule} rule gives a finite rate > 0 for "
+            f"new_batch / base_batch = {new_batch}/{base_batch} (it is {scaled!r})",
+        )
+    return scaled
