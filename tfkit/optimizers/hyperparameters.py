@@ -334,10 +334,6 @@ class HyperparameterState(tf.Module):
         """Same as :meth:`learning_rate` (the rate the next update applies); kept for callers of v1."""
         return self.learning_rate()
 
-    def next_learning_rate(self) -> float:
-        """Same as :meth:`learning_rate` (the rate the next update applies); kept for callers of v1."""
-        return self.learning_rate()
-
     def momentum(self) -> float | None:
         """Host value of ``momentum``/``beta_1`` at the current step (``None`` if it has neither)."""
         return self.current_values()[1]
