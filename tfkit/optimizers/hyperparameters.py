@@ -127,7 +127,7 @@ class ControlledLearningRate:
         state, rate = self.state, self.rate
         # Keras evaluates the rate at the start of every update, before any
         # update step reads momentum: a new update, a new momentum value.
-        state._generation += 1
+        state.start_update()
         # What Keras' own evaluation does with a rate object (Keras 3.0-3.15),
         # inline: one frame between Keras and the schedule.
         if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
@@ -216,6 +216,15 @@ class HyperparameterState(tf.Module):
         return self.optimizer.iterations
 
     # -- read by the update (in-graph) ------------------------------------------------
+    def start_update(self) -> None:
+        """Called by the rate object each time Keras evaluates it: a new update begins.
+
+        Keras evaluates the rate at the start of every update, before any
+        update step reads momentum, so the momentum tensor cached for the
+        previous update is not reused (see :meth:`_momentum_value`).
+        """
+        self._generation += 1
+
     def _momentum_value(self, nominal: float, dtype):
         """``where(momentum_enabled, schedule(iterations), nominal)``, once per traced update.
 
