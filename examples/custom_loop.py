@@ -4,9 +4,12 @@ The loop is what ``model.fit`` would do, spelled out: ``tfkit.TrainStep``
 (forward, loss scaling, gradients, accumulation, apply; XLA-compiled) per
 micro-batch, and Keras callbacks driven through ``keras.callbacks.CallbackList``
 — tfkit's momentum scheduler, logger, plateau reduction and early stopping
-work there exactly as in ``fit``.
+work there exactly as in ``fit``. ``BackupAndRestore`` makes the loop
+resumable: kill it (or send ``SIGTERM``, which writes a backup at the next
+batch and exits) and run it again with the same ``--backup-dir``; it continues
+at the batch after the last one backed up, with the same data order.
 
-Run ``python examples/custom_loop.py [--precision mixed_float16]``.
+Run ``python examples/custom_loop.py [--precision mixed_float16] [--backup-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -34,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--accumulation", type=int, default=4)
     p.add_argument("--max-learning-rate", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backup-dir", default=None, help="resume from / back up to this directory")
     args = p.parse_args(argv)
     for name in ("epochs", "micro_batch", "accumulation"):
         if getattr(args, name) < 1:
@@ -53,7 +58,14 @@ def main(argv=None) -> dict:
     # Fixed-shape micro-batches: one trace, one XLA program.
     micro_batches = len(x_train) // args.micro_batch
     updates = math.ceil(args.epochs * micro_batches / args.accumulation)
-    train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    # One iterator for the whole run, reshuffled each epoch: its position is in
+    # every backup, so a resumed run continues with the same order.
+    train = (
+        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        .shuffle(len(x_train), seed=args.seed)
+        .batch(args.micro_batch, drop_remainder=True)
+        .repeat()
+    )
 
     with tfkit.precision.set_policy(args.precision) as policy:
         one_cycle = tfkit.schedules.OneCycle(args.max_learning_rate, total_steps=updates)
@@ -68,28 +80,40 @@ def main(argv=None) -> dict:
         step = tfkit.TrainStep(model, loss, jit_compile=True)
 
         logger = tfkit.callbacks.HyperparameterLogger()
+        plateau = tfkit.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3)
+        stopping = tfkit.callbacks.EarlyStopping(
+            monitor="val_loss", patience=4, restore_best_weights=True,
+            start_from_epoch=args.epochs // 2,
+        )  # fmt: skip
+        backup = tfkit.callbacks.BackupAndRestore(
+            args.backup_dir or tempfile.mkdtemp(prefix="custom_loop_backup_"),
+            save_freq=max(1, micro_batches // 2),
+            callbacks=[plateau, stopping],  # their state is carried by every backup
+        )
         callbacks = keras.callbacks.CallbackList(
             [
+                backup,  # first: it restores the other callbacks' state
                 tfkit.callbacks.MomentumScheduler(one_cycle.momentum_schedule),
                 logger,
-                tfkit.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3),
-                tfkit.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=4, restore_best_weights=True,
-                    start_from_epoch=args.epochs // 2,
-                ),
+                plateau,
+                stopping,
             ],
             model=model,
+            epochs=args.epochs,
+            steps=micro_batches,
         )
         callbacks.on_train_begin()
+        batches = backup.iterator(train)  # at the resumed element, if a backup was loaded
+        if backup.restored_from:
+            print(f"resumed at epoch {backup.initial_epoch + 1}, batch {backup.initial_step}")
         history = []
-        for epoch in range(args.epochs):
+        for epoch in range(backup.initial_epoch, args.epochs):
             callbacks.on_epoch_begin(epoch)
             losses = []
-            batches = train.shuffle(len(x_train), seed=args.seed + epoch).batch(
-                args.micro_batch, drop_remainder=True
-            )
-            for b, (xb, yb) in enumerate(batches):
+            first = backup.initial_step if epoch == backup.initial_epoch else 0
+            for b in range(first, micro_batches):
                 callbacks.on_train_batch_begin(b)
+                xb, yb = next(batches)
                 logs = step(xb, yb)
                 losses.append(logs["loss"])
                 callbacks.on_train_batch_end(b, logs)
@@ -118,7 +142,12 @@ def main(argv=None) -> dict:
         f"{args.micro_batch}x{args.accumulation}; precision {policy.name}; "
         f"train step traced {step.trace_count} time(s)"
     )
-    return {"test_accuracy": accuracy, "history": history, "trace_count": step.trace_count}
+    return {
+        "test_accuracy": accuracy,
+        "history": history,
+        "trace_count": step.trace_count,
+        "resumed_at": (backup.initial_epoch, backup.initial_step) if backup.restored_from else None,
+    }
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ def test_changed_batch_of_a_dataset_is_refused(tmp_path):
         run(8, callbacks=[BackupAndRestore(tmp_path, save_freq=3)])
 
 
+@pytest.mark.slow
 def test_learning_rate_assigned_by_keras_callback_is_not_a_change(tmp_path):
     """A callback assigning the rate variable (as Keras' ReduceLROnPlateau does): restored, not refused."""
     x, y = _data()
@@ -225,6 +226,7 @@ def test_full_disk_is_a_warning_and_the_last_good_backup_stays(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_changed_replica_count_is_refused_unless_adapted(tmp_path, mirrored_strategy):
     """Elastic resume: 2 replicas -> 1 keeps fit's global batch; within 1e-5 of the 2-replica run."""
     x, y = _data()

@@ -25,7 +25,7 @@ each over input kinds (NumPy, Keras' NumPy shuffle, tf.data reshuffled each
 epoch, ``repeat`` + ``steps_per_epoch``, ``map`` + ``prefetch``) and healthy
 non-finite states (mixed_float16 skipped steps, dropped micro-batches).
 
-The default suite runs four scenarios; ``TFKIT_FULL=1`` runs all of them
+The default suite runs four scenarios (two of them marked slow); ``TFKIT_FULL=1`` runs all of them
 (``TFKIT_KILL_REPORT=path`` appends one JSON line per scenario).
 """
 
@@ -158,12 +158,23 @@ CI_SCENARIOS = [
     ("ci-twice", [("batch", 29), ("batch", 8)], {}),
     # tf.data reshuffled each epoch, killed mid-epoch 2: the iterator's checkpoint
     # (epoch 2's order) is restored, not epoch 0's order replayed.
-    ("ci-reshuffle", [("batch", 29)], {"data": "reshuffle"}),
+    pytest.param("ci-reshuffle", [("batch", 29)], {"data": "reshuffle"}, marks=pytest.mark.slow),
     # mixed_float16 with skipped steps (inf in the loss total), SIGTERM inside a
     # save: a backup at the next batch, a clean exit, an exact resume.
-    ("ci-mixed-sigterm", [("save", "3:metrics.npz:sigterm")], {"bad": "mixed"}),
+    pytest.param(
+        "ci-mixed-sigterm",
+        [("save", "3:metrics.npz:sigterm")],
+        {"bad": "mixed"},
+        marks=pytest.mark.slow,
+    ),
 ]
 SCENARIOS = _scenarios(60) + _variant_scenarios() if FULL else CI_SCENARIOS
+
+
+def _label(scenario) -> str:
+    return scenario.values[0] if hasattr(scenario, "values") else scenario[0]
+
+
 _PASSED = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
 
 
@@ -248,7 +259,9 @@ def _variant_args(variant: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in sorted(variant.items())]
 
 
-@pytest.mark.parametrize(("label", "kills", "variant"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
+@pytest.mark.parametrize(
+    ("label", "kills", "variant"), SCENARIOS, ids=[_label(s) for s in SCENARIOS]
+)
 def test_killed_runs_resume_exactly(tmp_path, tmp_path_factory, root, label, kills, variant):
     (expected, ref_info), ref_seconds = _reference(tmp_path_factory, variant)
     backup, out = tmp_path / "backup", tmp_path / "out.npz"

@@ -23,6 +23,7 @@ __all__ = [
     "overwrites_variable_with_gradient",
     "set_learning_rate_object",
     "set_scheduled_float",
+    "schedule_free_z",
     "track_variable",
     "trainable_variables",
     "variable_index",
@@ -61,6 +62,17 @@ def check_variables_are_known(optimizer, variables) -> None:
 def variable_index(optimizer, variable) -> int:
     """Position of ``variable`` in ``optimizer``'s build list (for its per-variable slots)."""
     return optimizer._get_variable_index(variable)
+
+
+def schedule_free_z(optimizer, variable):
+    """The ``z`` slot (Keras calls it ``momentum``) of ``variable`` in a ``ScheduleFreeAdamW``.
+
+    ``keras.optimizers.ScheduleFreeAdamW`` (Keras 3.14 through 3.15) keeps the
+    slots in the private list ``_momentums`` and has no public accessor; the
+    evaluation weights ``x = (y - (1 - beta_1) z) / beta_1`` need it
+    (``tfkit.callbacks.ScheduleFreeEvaluation``). Read-only use.
+    """
+    return optimizer._momentums[optimizer._get_variable_index(variable)]
 
 
 def overwrites_variable_with_gradient(optimizer, variable) -> bool:

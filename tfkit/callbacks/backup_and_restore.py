@@ -370,7 +370,30 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._check_input_against(resume)
             if resume["data"] == _DATA_ITERATOR:
                 self._restore_iterator(iterator, resume["path"])
+            else:
+                self._replay(iterator, resume)
         return iterator
+
+    def _replay(self, iterator, resume: dict) -> None:
+        """Position a loop's non-checkpointable iterator by drawing the batches already trained."""
+        steps = (self.params or {}).get("steps")
+        if not (resume["epoch"] or resume["done"]):
+            return
+        if not steps:
+            raise RuntimeError(
+                "BackupAndRestore: the loop's input cannot be checkpointed, so its position is "
+                "replayed from the epoch and batch; pass the steps per epoch to the CallbackList "
+                "(`CallbackList(..., steps=steps_per_epoch)`)."
+            )
+        count = resume["epoch"] * steps + resume["done"]
+        message = (
+            f"BackupAndRestore: resuming an input that cannot be checkpointed by replaying "
+            f"{count} batches (exact only if it yields the same order in every process)."
+        )
+        _log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        for _ in range(count):
+            next(iterator)
 
     def _check_input_against(self, resume: dict) -> None:
         diffs = _fingerprint.differences(resume["config"], self._input_items or {})
@@ -388,7 +411,16 @@ class BackupAndRestore(keras.callbacks.Callback):
     # -- writing -------------------------------------------------------------
     def _save(self, epoch: int, batches_done: int) -> bool:
         """Write and commit one backup; False (and a warning) if the write failed."""
-        if not self._writer() or self._last_saved == (epoch, batches_done):
+        if self._last_saved == (epoch, batches_done):
+            return True
+        if not self._writer():
+            # Reading a variable synchronized on read (an accumulator's partial
+            # sums) all-reduces it across workers: every worker reads, in the
+            # writer's order, so that the collectives match; only the chief writes.
+            groups = self._groups()
+            for key in ("model", "metrics", "optimizer"):
+                _npz_bytes(groups[key])
+            self._last_saved = (epoch, batches_done)
             return True
         fault = self._fault
         fault.next_save()

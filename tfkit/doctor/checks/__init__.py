@@ -9,7 +9,7 @@ a bug.
 
 Families: :mod:`.numerics` (non-finite values, loss at init, zero input),
 :mod:`.mixing` (batch independence), :mod:`.gradients` (gradient flow, dead
-units, update ratio), :mod:`.optimization` (overfit one batch, learning rate),
+units, update ratio), :mod:`.optimization` (overfit one batch, learning rate, schedule end),
 :mod:`.pipeline` (input pipeline), :mod:`.precision` (mixed-precision audit).
 """
 

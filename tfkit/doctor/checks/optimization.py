@@ -172,3 +172,29 @@ def check_learning_rate(ctx) -> list[Finding]:
             data=data,
         )
     ]
+
+
+@register("schedule_end")
+def check_schedule_end(ctx) -> list[Finding]:
+    """Warn when the optimizer's schedule has ended: every next update uses its final rate."""
+    import keras
+
+    from tfkit import _internals
+    from tfkit.optimizers import leaves
+    from tfkit.optimizers.hyperparameters import ControlledLearningRate
+    from tfkit.schedules.finished import finished_message, schedule_end
+
+    optimizer = getattr(ctx.model, "optimizer", None)
+    findings = []
+    for leaf in leaves(optimizer) if optimizer is not None else []:
+        schedule = _internals.learning_rate_object(leaf)
+        if isinstance(schedule, ControlledLearningRate):  # under tfkit's control plane
+            schedule = schedule.rate
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            continue
+        step = int(keras.ops.convert_to_numpy(leaf.iterations))
+        message = finished_message(schedule, step, owner=f"optimizer {leaf.name!r}")
+        if message:
+            data = {"end": schedule_end(schedule), "step": step}
+            findings.append(Finding("schedule_end", "warning", message, data=data))
+    return findings or [Finding("schedule_end", "info", "no learning-rate schedule has ended.")]
