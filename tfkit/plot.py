@@ -262,52 +262,42 @@ def plot_report(report, directory: str | os.PathLike) -> list[str]:
     written = []
     flow = _data_of(report.findings, "gradient_flow", "layers")
     if flow:
-        fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(flow["layers"])), 4))
-        try:
-            positions = range(len(flow["layers"]))
-            ax.bar(
-                positions, [max(g, 1e-30) for g in flow["grad_norms"]], alpha=0.5, label="||g||"
-            )
-            ax.plot(
-                positions,
-                [max(r, 1e-30) for r in flow["ratios"]],
-                "o-",
-                color="tab:red",
-                label="||g|| / ||w||",
-            )
-            ax.set_yscale("log")
-            ax.set_xticks(list(positions), flow["layers"], rotation=60, ha="right", fontsize=7)
-            ax.set_ylabel("gradient norm (log)")
-            ax.set_title("gradient flow (input to output)")
-            ax.legend()
-            fig.tight_layout()
-            path = os.path.join(directory, "gradient_flow.png")
-            fig.savefig(path, dpi=100)
-            written.append(path)
-        finally:
-            plt.close(fig)
+        written.append(_per_layer_figure(
+            plt, os.path.join(directory, "gradient_flow.png"), flow["layers"],
+            bars=([max(g, 1e-30) for g in flow["grad_norms"]], "||g||", 0.5),
+            line=([max(r, 1e-30) for r in flow["ratios"]], "||g|| / ||w||", "tab:red"),
+            ylabel="gradient norm (log)", title="gradient flow (input to output)", log=True,
+        ))  # fmt: skip
     act = _data_of(report.findings, "dead_units", "layers")
     if act:
-        fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(act["layers"])), 4))
-        try:
-            positions = range(len(act["layers"]))
-            ax.bar(positions, act["dead_fractions"], label="units never active")
-            ax.plot(
-                positions,
-                act["zero_fractions"],
-                "o-",
-                color="tab:orange",
-                label="outputs that are zero",
-            )
-            ax.set_ylim(0, 1)
-            ax.set_xticks(list(positions), act["layers"], rotation=60, ha="right", fontsize=7)
-            ax.set_ylabel("fraction")
-            ax.set_title("ReLU-family activations on the data sample")
-            ax.legend()
-            fig.tight_layout()
-            path = os.path.join(directory, "activations.png")
-            fig.savefig(path, dpi=100)
-            written.append(path)
-        finally:
-            plt.close(fig)
+        written.append(_per_layer_figure(
+            plt, os.path.join(directory, "activations.png"), act["layers"],
+            bars=(act["dead_fractions"], "units never active", 1.0),
+            line=(act["zero_fractions"], "outputs that are zero", "tab:orange"),
+            ylabel="fraction", title="ReLU-family activations on the data sample", log=False,
+        ))  # fmt: skip
     return written
+
+
+def _per_layer_figure(plt, path, layers, bars, line, ylabel, title, log) -> str:
+    """One bar per layer and a line over them (the doctor's per-layer figures)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(layers)), 4))
+    try:
+        positions = range(len(layers))
+        values, label, alpha = bars
+        ax.bar(positions, values, alpha=alpha, label=label)
+        values, label, color = line
+        ax.plot(positions, values, "o-", color=color, label=label)
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1)
+        ax.set_xticks(list(positions), layers, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
