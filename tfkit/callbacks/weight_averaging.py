@@ -13,7 +13,7 @@ import tensorflow as tf
 from tfkit import _internals, _validation
 from tfkit.callbacks._state import CallbackState
 from tfkit.optimizers.hyperparameters import resolve_optimizer
-from tfkit.optimizers.tree import leaves, walk
+from tfkit.optimizers.tree import innermost, leaves, walk
 
 __all__ = ["WeightAveraging"]
 
@@ -263,7 +263,7 @@ class WeightAveraging(keras.callbacks.Callback):
                     "callback would then average again. Use one of the two: "
                     "WeightAveraging('ema', decay=ema_momentum) or use_ema=True."
                 )
-        return leaves(optimizer)[0]
+        return (leaves(optimizer) or [innermost(optimizer)])[0]  # a selector resolves when built
 
     def _bind(self) -> None:
         model = self.model
