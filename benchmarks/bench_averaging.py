@@ -55,9 +55,9 @@ def _data(n=N):
     return rng.normal(size=(n, D)).astype("float32"), rng.normal(size=(n, 1)).astype("float32")
 
 
-def _case(make_callbacks, installed=False):
+def _case(make_callbacks, installed=False, batch=BATCH):
     model = _model()
-    x, y = _data()
+    x, y = _data(N * batch // BATCH)  # the same number of steps per timed fit
     callbacks = make_callbacks()
     guard = next((c for c in callbacks if isinstance(c, SpikeGuard)), None)
     averaging = next((c for c in callbacks if isinstance(c, WeightAveraging)), None)
@@ -65,7 +65,7 @@ def _case(make_callbacks, installed=False):
         install(model, spike_guard=guard, weight_averaging=averaging)
 
     def run():
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
 
     return run
 
@@ -113,30 +113,38 @@ def resident_bytes(width: int) -> dict:
     return {"plain": plain, "ema": once, "ema_again": in_use(), "weights": weights}
 
 
-def main() -> None:
-    repeats = 5 if QUICK else 11
+def _time_table(batch: int, repeats: int) -> None:
+    ema = lambda: [WeightAveraging("ema", final_weights="current")]  # noqa: E731
     cases = {
-        "no callback": _case(lambda: []),
-        "no callback (control)": _case(lambda: []),
-        'WeightAveraging("ema")': _case(lambda: [WeightAveraging("ema", final_weights="current")]),
-        'WeightAveraging("swa")': _case(lambda: [WeightAveraging("swa", final_weights="current")]),
-        "install, no callback": _case(lambda: [], installed=True),
-        'install + WeightAveraging("ema")': _case(
-            lambda: [WeightAveraging("ema", final_weights="current")], installed=True
+        "no callback": _case(lambda: [], batch=batch),
+        "no callback (control)": _case(lambda: [], batch=batch),
+        'WeightAveraging("ema")': _case(ema, batch=batch),
+        'WeightAveraging("swa")': _case(
+            lambda: [WeightAveraging("swa", final_weights="current")], batch=batch
         ),
-        'install + SpikeGuard("skip")': _case(lambda: [SpikeGuard("skip")], installed=True),
+        "install, no callback": _case(lambda: [], installed=True, batch=batch),
+        'install + WeightAveraging("ema")': _case(ema, installed=True, batch=batch),
+        'install + SpikeGuard("skip")': _case(lambda: [SpikeGuard("skip")], installed=True,
+                                              batch=batch),  # fmt: skip
         'install + SpikeGuard("skip", gradient_norm=True)': _case(
-            lambda: [SpikeGuard("skip", gradient_norm=True)], installed=True
+            lambda: [SpikeGuard("skip", gradient_norm=True)], installed=True, batch=batch
         ),
     }
     medians = interleaved_medians(cases, repeats=repeats, warmup=1)
     print(ratio_table(medians, "no callback",
-                      f"fit step time, jit_compile=True, MLP {D}-{WIDTH}-{WIDTH}-1, batch {BATCH}, "
+                      f"fit step time, jit_compile=True, MLP {D}-{WIDTH}-{WIDTH}-1, batch {batch}, "
                       f"{N // BATCH} steps per timed fit"))  # fmt: skip
     print()
     installed = type(medians)({k: medians.times[k] for k in medians if k.startswith("install")})
-    print(ratio_table(installed, "install, no callback", "vs the same installed step"))
+    print(ratio_table(installed, "install, no callback",
+                      f"batch {batch}, vs the same installed step"))  # fmt: skip
     print()
+
+
+def main() -> None:
+    repeats = 5 if QUICK else 9
+    for batch in (BATCH, 8 * BATCH):
+        _time_table(batch, repeats)
     fractions = variable_bytes()
     print("### memory: callback variables / float32 weight bytes")
     print()

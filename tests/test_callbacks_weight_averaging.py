@@ -126,15 +126,11 @@ class _Record(keras.callbacks.Callback):
         super().__init__()
         self.seen, self.last = [], None
 
-    def _counter(self):
-        # An unbuilt selector MultiOptimizer has no leaves yet: its own count.
-        return (leaves(self.model.optimizer) or [self.model.optimizer])[0].iterations
-
     def on_train_begin(self, logs=None):
-        self.last = int(self._counter().numpy())
+        self.last = int(leaves(self.model.optimizer)[0].iterations.numpy())
 
     def on_train_batch_end(self, batch, logs=None):
-        it = int(self._counter().numpy())
+        it = int(leaves(self.model.optimizer)[0].iterations.numpy())
         if it != self.last:
             self.seen.append(self.model.get_weights())
         self.last = it

@@ -107,6 +107,10 @@ class ScheduleFreeEvaluation(keras.callbacks.Callback):
                 "(added in Keras 3.14)."
             )
         optimizer = resolve_optimizer(_OWNER, self.model)
+        if not leaves(optimizer) and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # a MultiOptimizer's groups
+        if not leaves(optimizer):
+            raise ValueError(f"{_OWNER}: found no leaf optimizer under {optimizer.name!r}.")
         pairs = []
         for leaf in leaves(optimizer):
             if not isinstance(leaf, keras.optimizers.ScheduleFreeAdamW):

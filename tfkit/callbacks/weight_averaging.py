@@ -13,7 +13,7 @@ import tensorflow as tf
 from tfkit import _internals, _validation
 from tfkit.callbacks._state import CallbackState
 from tfkit.optimizers.hyperparameters import resolve_optimizer
-from tfkit.optimizers.tree import innermost, leaves, walk
+from tfkit.optimizers.tree import leaves, walk
 
 __all__ = ["WeightAveraging"]
 
@@ -263,7 +263,17 @@ class WeightAveraging(keras.callbacks.Callback):
                     "callback would then average again. Use one of the two: "
                     "WeightAveraging('ema', decay=ema_momentum) or use_ema=True."
                 )
-        return (leaves(optimizer) or [innermost(optimizer)])[0]  # a selector resolves when built
+        found = leaves(optimizer)
+        if not found and not optimizer.built:
+            # A MultiOptimizer with a selector function knows its groups once built.
+            optimizer.build(self.model.trainable_variables)
+            found = leaves(optimizer)
+        if not found:
+            raise ValueError(
+                f"{_OWNER}: found no leaf optimizer under {type(optimizer).__name__} "
+                f"({optimizer.name!r}) whose iterations count the real updates."
+            )
+        return found[0]
 
     def _bind(self) -> None:
         model = self.model

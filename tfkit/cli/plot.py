@@ -11,7 +11,7 @@ are comma-separated::
 schedule in ``Warmup`` (for ``cosine`` and ``cosine-restarts``,
 ``--warmup-steps`` is their own argument and needs ``--warmup-target``).
 
-Schedules made of other schedules (``Join``, ``Product``, ``Warmup``, what
+Schedules made of other schedules (``Join``, ``Product``, ``ScaledSchedule``, ``Warmup``, what
 ``get_scheduler`` returns) are read from a JSON file holding
 ``keras.saving.serialize_keras_object(schedule)``, loaded with
 ``safe_mode=True``::
@@ -53,7 +53,7 @@ SCHEDULES = {
     "swa": "SWALR",
 }
 # Drawn from a JSON file (their arguments are schedules): see the module docstring.
-COMPOSITE = ("Join", "Product", "Warmup")
+COMPOSITE = ("Join", "Product", "ScaledSchedule", "Warmup")
 # Constructor arguments that are not options.
 _NOT_OPTIONS = {"self", "name", "dtype"}
 
@@ -71,7 +71,7 @@ def register(subparsers) -> None:
         "schedule",
         metavar="SCHEDULE",
         help="one of: " + ", ".join(SCHEDULES) + "; or FILE.json with any serialized schedule "
-        "(Join, Product, Warmup, get_scheduler's)",
+        "(Join, Product, ScaledSchedule, Warmup, get_scheduler's)",
     )
     p.add_argument("options", nargs=argparse.REMAINDER, help="the schedule's arguments")
     p.set_defaults(func=run)

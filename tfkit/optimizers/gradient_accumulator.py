@@ -499,7 +499,7 @@ class GradientAccumulator(keras.optimizers.Optimizer):
             if isinstance(g, tf.IndexedSlices) and not tf.distribute.has_strategy():
                 values = tf.cast(g.values, tf.float32)
                 if weight is not None:
-                    values = values * weight
+                    values = values * tf.cast(weight, tf.float32)
                 accumulator.value.scatter_add(tf.IndexedSlices(values, g.indices, g.dense_shape))
             else:
                 # Sync-on-read variables (one per replica) have no scatter_add.

@@ -65,6 +65,8 @@ class Recompute(keras.layers.Layer):
         ...                           keras.layers.Dense(1)])
         >>> model.compile("sgd", "mse")
         >>> _ = model.fit(keras.ops.ones((8, 16)), keras.ops.ones((8, 1)), verbose=0)
+        >>> Recompute(block, save=["Dense"]).save  # keep the matmuls, recompute relu
+        ('Dense',)
 
     Reference: Chen et al., "Training Deep Nets with Sublinear Memory Cost"
     (2016); ``torch.utils.checkpoint.checkpoint``.
