@@ -73,6 +73,11 @@ def _form(form: str, lr: float):
 
 
 FORMS = [*LEAVES, "AdamEMA", "map", "selector", "keras_lso", "chain"]
+FAST = {"SGD", "AdamW", "selector", "chain"}  # the rest run in the slow set (make test)
+
+
+def _params(names):
+    return [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
 def _model(seed=0):
@@ -95,7 +100,7 @@ def _fit(optimizer, callbacks):
     return model
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", _params(FORMS))
 def test_fit_applies_the_controlled_rate(form):
     controlled = _fit(_form(form, 0.02), [EpochScheduler(lambda e: FACTOR), HyperparameterLogger()])
     reference = _fit(_form(form, 0.02 * FACTOR), [])
@@ -108,7 +113,7 @@ def test_fit_applies_the_controlled_rate(form):
         assert float(state.optimizer.learning_rate) == pytest.approx(base * FACTOR, rel=1e-6)
 
 
-@pytest.mark.parametrize("form", ["SGD", "AdamW", "Lion", "map", "selector", "chain"])
+@pytest.mark.parametrize("form", _params(["SGD", "AdamW", "Lion", "map", "selector", "chain"]))
 def test_train_step_applies_the_controlled_rate(form):
     x, y = _data()
 
@@ -267,7 +272,13 @@ def _shadowing(obj) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("name", sorted(CALLBACKS))
+CONTROL = {"MomentumScheduler", "ReduceLROnPlateau", "EpochScheduler", "HyperparameterLogger"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in CONTROL else pytest.param(n, marks=pytest.mark.slow) for n in sorted(CALLBACKS)],
+)
 def test_no_callback_leaves_an_instance_attribute_shadowing_a_method(name, tmp_path):
     make = CALLBACKS[name]
     cb = tfkit.callbacks.BackupAndRestore(str(tmp_path)) if make == "backup" else make()

@@ -1,4 +1,4 @@
-"""Plot learning-rate schedules (and OneCycle's momentum) to PNG: ``tfkit plot``.
+"""Every tfkit plot, in one place: schedules (``tfkit plot``), lr_find curves, doctor reports.
 
 Python::
 
@@ -6,7 +6,9 @@ Python::
     from tfkit.schedules import OneCycle
     plot_schedule(OneCycle(0.1, total_steps=1000), "onecycle.png")
 
-Command line: ``tfkit plot`` (:mod:`tfkit.cli.plot`), with ``--log-scale`` and
+``plot_lr_find`` draws a ``tfkit.tuning.lr_find`` result and ``plot_report`` a
+doctor report (their ``plot`` methods call them), so every figure tfkit draws
+is here. Command line: ``tfkit plot`` (:mod:`tfkit.cli.plot`), with ``--log-scale`` and
 any serialized schedule from a JSON file (``Join``, ``Product``, ``Warmup``).
 
 matplotlib is an optional dependency (``pip install tfkit[examples]``); it is
@@ -15,6 +17,7 @@ imported only when a plot is drawn, with the non-interactive Agg backend.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import textwrap
 
@@ -210,3 +213,91 @@ def write_gallery(directory: str | pathlib.Path, steps: int = 1000) -> list[path
         plt.close(plot_schedule(schedule, path, steps=steps, title=title))
         paths.append(path)
     return paths
+
+
+def plot_lr_find(result, path: str | os.PathLike, skip_end: int = 0) -> str:
+    """Write an ``lr_find`` result (smoothed and raw loss against the rate, log scale) to a PNG.
+
+    ``tfkit.tuning.LRFinderResult.plot`` calls this. ``skip_end`` leaves out the
+    last points, which after a divergence dwarf the rest of the curve.
+    Returns ``str(path)``.
+    """
+    plt = _pyplot()
+    end = len(result.lrs) - skip_end if skip_end else len(result.lrs)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        ax.plot(result.lrs[:end], result.losses[:end], alpha=0.3, label="loss")
+        ax.plot(result.lrs[:end], result.smoothed[:end], label="smoothed loss")
+        colors = {"steepest": "tab:red", "min_over_10": "tab:green"}
+        for name, lr in result.suggestions.items():
+            if lr is not None:
+                ax.axvline(lr, color=colors[name], linestyle="--", label=f"{name}: {lr:.2e}")
+        if end > 0 and np.isfinite(result.smoothed[:end]).all():
+            # Keep the useful part readable: the divergent tail would dwarf it.
+            top = 1.5 * float(np.max(result.smoothed[: int(np.argmin(result.smoothed[:end])) + 1]))
+            bottom = float(np.min(result.losses[:end]))
+            ax.set_ylim(bottom - 0.05 * abs(top - bottom), top)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title("learning-rate range test" if result.suggestion else result.reason[:80])
+        ax.legend()
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return str(path)
+
+
+def plot_report(report, directory: str | os.PathLike) -> list[str]:
+    """Write a doctor report's ``gradient_flow.png`` and ``activations.png`` (when measured).
+
+    ``tfkit.doctor.Report.plot`` calls this. Returns the paths written.
+    """
+    from tfkit.doctor.report import _data_of
+
+    plt = _pyplot()
+    os.makedirs(directory, exist_ok=True)
+    written = []
+    flow = _data_of(report.findings, "gradient_flow", "layers")
+    if flow:
+        written.append(_per_layer_figure(
+            plt, os.path.join(directory, "gradient_flow.png"), flow["layers"],
+            bars=([max(g, 1e-30) for g in flow["grad_norms"]], "||g||", 0.5),
+            line=([max(r, 1e-30) for r in flow["ratios"]], "||g|| / ||w||", "tab:red"),
+            ylabel="gradient norm (log)", title="gradient flow (input to output)", log=True,
+        ))  # fmt: skip
+    act = _data_of(report.findings, "dead_units", "layers")
+    if act:
+        written.append(_per_layer_figure(
+            plt, os.path.join(directory, "activations.png"), act["layers"],
+            bars=(act["dead_fractions"], "units never active", 1.0),
+            line=(act["zero_fractions"], "outputs that are zero", "tab:orange"),
+            ylabel="fraction", title="ReLU-family activations on the data sample", log=False,
+        ))  # fmt: skip
+    return written
+
+
+def _per_layer_figure(plt, path, layers, bars, line, ylabel, title, log) -> str:
+    """One bar per layer and a line over them (the doctor's per-layer figures)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(layers)), 4))
+    try:
+        positions = range(len(layers))
+        values, label, alpha = bars
+        ax.bar(positions, values, alpha=alpha, label=label)
+        values, label, color = line
+        ax.plot(positions, values, "o-", color=color, label=label)
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1)
+        ax.set_xticks(list(positions), layers, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path

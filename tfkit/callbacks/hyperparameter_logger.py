@@ -40,12 +40,10 @@ def learning_rate_logs(groups: dict[str, HyperparameterState]) -> dict[str, floa
     single = len(groups) == 1
     for name, state in groups.items():
         suffix = "" if single else f"/{name}"
-        out["learning_rate" + suffix] = state.learning_rate()
-        key = state.momentum_key()
-        if key is not None:
-            value = state.momentum()
-            if value is not None:
-                out[key + suffix] = value
+        rate, momentum = state.current_values()
+        out["learning_rate" + suffix] = rate
+        if momentum is not None:
+            out[state.momentum_key() + suffix] = momentum
     return out
 
 

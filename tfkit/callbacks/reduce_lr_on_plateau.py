@@ -179,9 +179,9 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
         self._check_group_min_lr()
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            # As Keras' callback: the rate(s) before this epoch's reduction; a
-            # HyperparameterLogger placed earlier wrote the same values.
+        if logs is not None and not any(k.split("/")[0] == "learning_rate" for k in logs):
+            # As Keras' callback: the rate(s) before this epoch's reduction (a
+            # HyperparameterLogger placed earlier wrote the same values).
             for key, value in learning_rate_logs(self._groups).items():
                 logs.setdefault(key, value)
         current = self._lookup(logs)

@@ -112,64 +112,9 @@ class Report:
         Returns:
             The paths written.
         """
-        import matplotlib
+        from tfkit.plot import plot_report
 
-        matplotlib.use("Agg")  # no display on servers; must precede pyplot
-        import matplotlib.pyplot as plt
-
-        os.makedirs(directory, exist_ok=True)
-        written = []
-        flow = _data_of(self.findings, "gradient_flow", "layers")
-        if flow:
-            fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(flow["layers"])), 4))
-            try:
-                positions = range(len(flow["layers"]))
-                ax.bar(
-                    positions, [max(g, 1e-30) for g in flow["grad_norms"]], alpha=0.5, label="||g||"
-                )
-                ax.plot(
-                    positions,
-                    [max(r, 1e-30) for r in flow["ratios"]],
-                    "o-",
-                    color="tab:red",
-                    label="||g|| / ||w||",
-                )
-                ax.set_yscale("log")
-                ax.set_xticks(list(positions), flow["layers"], rotation=60, ha="right", fontsize=7)
-                ax.set_ylabel("gradient norm (log)")
-                ax.set_title("gradient flow (input to output)")
-                ax.legend()
-                fig.tight_layout()
-                path = os.path.join(directory, "gradient_flow.png")
-                fig.savefig(path, dpi=100)
-                written.append(path)
-            finally:
-                plt.close(fig)
-        act = _data_of(self.findings, "dead_units", "layers")
-        if act:
-            fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(act["layers"])), 4))
-            try:
-                positions = range(len(act["layers"]))
-                ax.bar(positions, act["dead_fractions"], label="units never active")
-                ax.plot(
-                    positions,
-                    act["zero_fractions"],
-                    "o-",
-                    color="tab:orange",
-                    label="outputs that are zero",
-                )
-                ax.set_ylim(0, 1)
-                ax.set_xticks(list(positions), act["layers"], rotation=60, ha="right", fontsize=7)
-                ax.set_ylabel("fraction")
-                ax.set_title("ReLU-family activations on the data sample")
-                ax.legend()
-                fig.tight_layout()
-                path = os.path.join(directory, "activations.png")
-                fig.savefig(path, dpi=100)
-                written.append(path)
-            finally:
-                plt.close(fig)
-        return written
+        return plot_report(self, directory)
 
 
 def _data_of(findings: list[Finding], check: str, key: str) -> dict | None:

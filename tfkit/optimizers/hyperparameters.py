@@ -40,9 +40,9 @@ How they reach the update, without replacing any method of any Keras object:
 Every knob is a variable read in the graph, so changing one never retraces;
 the state is an attribute of its optimizer (a ``tf.Module``), so
 ``tf.train.Checkpoint(optimizer=...)`` saves and restores it. The optimizer's
-``variables`` are unchanged, and its config keeps the original rate (a
-``.keras`` file loads back as the plain Keras optimizer, with
-``safe_mode=True``).
+``variables`` are unchanged; its config holds ``tfkit>ControlledLearningRate``
+around the original rate, which loads back (``safe_mode=True``, tfkit
+importable) as the plain Keras optimizer with that rate.
 
 Install once with :func:`control` (idempotent, before the train step is
 traced; every tfkit callback does it in ``on_train_begin`` and re-traces a
@@ -125,6 +125,9 @@ class ControlledLearningRate:
 
     def __call__(self):
         state, rate = self.state, self.rate
+        # Keras evaluates the rate at the start of every update, before any
+        # update step reads momentum: a new update, a new momentum value.
+        state.start_update()
         # What Keras' own evaluation does with a rate object (Keras 3.0-3.15),
         # inline: one frame between Keras and the schedule.
         if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
@@ -188,6 +191,10 @@ class HyperparameterState(tf.Module):
         # Python-side: which float attribute is scheduled, and by what.
         self.momentum_name: str | None = None
         self.momentum_schedule = None
+        # The momentum tensor of the update being traced, shared by all its
+        # variables' update steps (see _momentum_value).
+        self._generation = 0
+        self._momentum_cache = (None, -1, {})
 
     @property
     def knobs(self) -> list[tf.Variable]:
@@ -209,10 +216,36 @@ class HyperparameterState(tf.Module):
         return self.optimizer.iterations
 
     # -- read by the update (in-graph) ------------------------------------------------
+    def start_update(self) -> None:
+        """Called by the rate object each time Keras evaluates it: a new update begins.
+
+        Keras evaluates the rate at the start of every update, before any
+        update step reads momentum, so the momentum tensor cached for the
+        previous update is not reused (see :meth:`_momentum_value`).
+        """
+        self._generation += 1
+
     def _momentum_value(self, nominal: float, dtype):
+        """``where(momentum_enabled, schedule(iterations), nominal)``, once per traced update.
+
+        Adam converts ``beta_1`` twice per variable: within one traced update
+        (same graph, no rate evaluation since) the first tensor is reused, so
+        the schedule is in the graph once per update, not once per variable.
+        """
+        graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+        ref, generation, cached = self._momentum_cache
+        fresh = graph is not None and ref is not None and ref() is graph
+        if fresh and generation == self._generation and dtype in cached:
+            return cached[dtype]
         scheduled = tf.cast(self.momentum_schedule(self.iterations), tf.float32)
         value = tf.where(self.momentum_enabled, scheduled, tf.constant(nominal, tf.float32))
-        return tf.cast(value, dtype)
+        value = tf.cast(value, dtype)
+        if graph is not None:
+            if not (fresh and generation == self._generation):
+                cached = {}
+                self._momentum_cache = (weakref.ref(graph), self._generation, cached)
+            cached[dtype] = value
+        return value
 
     # -- host side ----------------------------------------------------------------------
     def schedule_momentum(self, schedule, hyperparameter: str | None = None) -> bool:
@@ -274,9 +307,37 @@ class HyperparameterState(tf.Module):
         self.momentum_schedule = None
         self.momentum_name = None
 
+    def current_values(self) -> tuple[float, float | None]:
+        """``(learning rate, momentum or None)`` at the current step, in one compiled read.
+
+        Callbacks read these at every epoch end; evaluating the schedules
+        eagerly costs one dispatch per op, a ``tf.function`` (traced once per
+        rate object and momentum attribute) one call.
+        """
+        optimizer = self.optimizer
+        name = self.momentum_key()
+        momentum = getattr(optimizer, name) if name is not None else None
+        key = (id(_internals.learning_rate_object(optimizer)), id(momentum))
+        if getattr(self, "_reader_key", None) != key:
+            scheduled = isinstance(momentum, _internals.ScheduledFloat)
+
+            def read():
+                rate = tf.cast(optimizer.learning_rate, tf.float32)
+                value = tf.cast(momentum, tf.float32) if scheduled else tf.constant(0.0)
+                return rate, value
+
+            self._reader = tf.function(read, autograph=False)
+            self._reader_key = key
+        rate, value = self._reader()
+        if momentum is None:
+            return float(rate.numpy()), None
+        if isinstance(momentum, _internals.ScheduledFloat):
+            return float(rate.numpy()), float(value.numpy())
+        return float(rate.numpy()), float(momentum)
+
     def learning_rate(self) -> float:
         """Host value of the rate the optimizer applies at its current step (knobs included)."""
-        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        return self.current_values()[0]
 
     def next_learning_rate(self) -> float:
         """Same as :meth:`learning_rate` (the rate the next update applies); kept for callers of v1."""
@@ -284,13 +345,7 @@ class HyperparameterState(tf.Module):
 
     def momentum(self) -> float | None:
         """Host value of ``momentum``/``beta_1`` at the current step (``None`` if it has neither)."""
-        name = self.momentum_key()
-        if name is None:
-            return None
-        value = getattr(self.optimizer, name)
-        if isinstance(value, _internals.ScheduledFloat):
-            return float(tf.convert_to_tensor(value, tf.float32).numpy())
-        return float(value)
+        return self.current_values()[1]
 
     def momentum_key(self) -> str | None:
         optimizer = self.optimizer

@@ -92,36 +92,9 @@ class LRFinderResult:
         Returns:
             ``str(path)``.
         """
-        import matplotlib
+        from tfkit.plot import plot_lr_find
 
-        matplotlib.use("Agg")  # no display on servers; must precede pyplot
-        import matplotlib.pyplot as plt
-
-        end = len(self.lrs) - skip_end if skip_end else len(self.lrs)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        try:
-            ax.plot(self.lrs[:end], self.losses[:end], alpha=0.3, label="loss")
-            ax.plot(self.lrs[:end], self.smoothed[:end], label="smoothed loss")
-            colors = {"steepest": "tab:red", "min_over_10": "tab:green"}
-            for name, lr in self.suggestions.items():
-                if lr is not None:
-                    ax.axvline(lr, color=colors[name], linestyle="--", label=f"{name}: {lr:.2e}")
-            if end > 0 and np.isfinite(self.smoothed[:end]).all():
-                # Keep the useful part readable: the divergent tail would dwarf it.
-                top = 1.5 * float(np.max(self.smoothed[: int(np.argmin(self.smoothed[:end])) + 1]))
-                bottom = float(np.min(self.losses[:end]))
-                ax.set_ylim(bottom - 0.05 * abs(top - bottom), top)
-            ax.set_xscale("log")
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel("training loss")
-            ax.set_title("learning-rate range test" if self.suggestion else self.reason[:80])
-            ax.legend()
-            fig.tight_layout()
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            fig.savefig(path, dpi=100)
-        finally:
-            plt.close(fig)
-        return str(path)
+        return plot_lr_find(self, path, skip_end=skip_end)
 
 
 def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[dict[str, float | None], str]:
