@@ -72,7 +72,7 @@ def control_plane():
         MomentumScheduler(momentum_schedule()),
         ReduceLROnPlateau(monitor="loss", patience=10_000),
         HyperparameterLogger(),
-        EpochScheduler(keras.optimizers.schedules.ExponentialDecay(0.01, 1, 0.99)),
+        EpochScheduler(keras.optimizers.schedules.ExponentialDecay(1.0, 1, 0.99)),
     ]
 
 

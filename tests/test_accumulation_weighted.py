@@ -328,13 +328,15 @@ _COLLECTIVE_PREFIXES = ("Collective", "Nccl")
 
 
 def _collectives_on_path(graph_def, take_close_branch: bool) -> int:
-    """Count collective ops that run when every ``close_window`` cond takes one branch.
+    """Count collective ops that run when every ``close_window`` branch op takes one side.
 
     Walks the traced graph and the function library: ``PartitionedCall`` and
     friends are followed into their functions, other conds into both
-    branches (an upper bound), and each accumulator ``close_window`` cond only
-    into the branch chosen by ``take_close_branch``. Deterministic: no timing,
-    no profiler; the graph is exactly what the runtime executes.
+    branches (an upper bound), and each accumulator ``close_window`` op only
+    into the branches chosen by ``take_close_branch`` (``If``: then/else;
+    ``Case`` with branches drop, keep, close, close: the last two or the
+    first two). Deterministic: no timing, no profiler; the graph is exactly
+    what the runtime executes.
     """
     library = {f.signature.name: f for f in graph_def.library.function}
 
@@ -347,11 +349,15 @@ def _collectives_on_path(graph_def, take_close_branch: bool) -> int:
             for key, attr in node.attr.items():
                 if attr.HasField("func"):
                     names.append((key, attr.func.name))
-            if node.op in ("If", "StatelessIf") and node.name.split("/")[-1].startswith(
-                "close_window"
-            ):
-                wanted = "then_branch" if take_close_branch else "else_branch"
-                names = [(k, n) for k, n in names if k == wanted]
+                names += [(f"{key}:{i}", f.name) for i, f in enumerate(attr.list.func)]
+            if node.name.split("/")[-1].startswith("close_window"):
+                if node.op in ("If", "StatelessIf"):
+                    wanted = {"then_branch" if take_close_branch else "else_branch"}
+                    names = [(k, n) for k, n in names if k in wanted]
+                elif node.op in ("Case", "StatelessCase"):
+                    wanted = {"branches:2", "branches:3"} if take_close_branch else {
+                        "branches:0", "branches:1"}  # fmt: skip
+                    names = [(k, n) for k, n in names if k in wanted]
             for _, name in names:
                 if name in library:
                     count += walk(library[name].node_def)
@@ -391,6 +397,57 @@ def test_no_collective_on_a_micro_step_that_does_not_close_a_window(mirrored_str
     closing = _collectives_on_path(graph_def, take_close_branch=True)
     assert 1 <= closing <= mirrored_strategy.num_replicas_in_sync
     assert acc.iterations.numpy() == 1
+
+
+def test_no_collective_on_an_open_micro_step_with_loss_scaling_and_train_step(mirrored_strategy):
+    """LossScaleOptimizer(GradientAccumulator) in TrainStep: the window's all-reduce is the only one.
+
+    The loss scaler's finiteness flag rides in the accumulator's all-reduce
+    (as its count of dropped shards), and TrainStep's logged loss is summed
+    from the local replicas without a collective.
+    """
+    x, y = _dense_data(16)
+    with mirrored_strategy.scope():
+        model = _dense_model()
+        lso = tfkit.precision.LossScaleOptimizer(
+            GradientAccumulator(INNERS["adam"](), 4), initial_scale=64.0
+        )
+    step = TrainStep(model, "mse", lso, strategy=mirrored_strategy)
+    batches = list(
+        mirrored_strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+        )
+    )
+    losses = [float(step(xb, yb)["loss"]) for xb, yb in batches]
+    graph_def = step._function.get_concrete_function(*batches[0]).graph.as_graph_def()
+    assert _collectives_on_path(graph_def, take_close_branch=False) == 0
+    assert _collectives_on_path(graph_def, take_close_branch=True) >= 1
+    assert lso.iterations.numpy() == 1 and int(lso.skipped_steps) == 0
+    _close(model.get_weights(), _reference(_dense_model, INNERS["adam"], [(x, y)], _mse_mean))
+    # The logged loss is still the global mean of each micro-batch (before its update).
+    ref_model = _dense_model()
+    first = float(_mse_mean(ref_model, x[:4], y[:4]))
+    np.testing.assert_allclose(losses[0], first, rtol=RTOL)
+
+
+def test_mirrored_overflow_on_one_replica_backs_off_once_per_window(mirrored_strategy):
+    """A shard that overflows is dropped locally; the window's all-reduce tells the scaler."""
+    x, y = _dense_data(16)
+    x = x.copy()
+    x[5] = np.inf  # one sample of micro-batch 1: one replica's shard overflows
+    with mirrored_strategy.scope():
+        model = _dense_model()
+        acc = GradientAccumulator(INNERS["sgd"](), 2)
+        lso = tfkit.precision.LossScaleOptimizer(acc, initial_scale=64.0)
+    step = TrainStep(model, "mse", lso, strategy=mirrored_strategy)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    for xb, yb in mirrored_strategy.experimental_distribute_dataset(dataset):
+        step(xb, yb)
+    # 4 micro-batches, 2 windows: the first window holds the overflowing shard.
+    assert lso.iterations.numpy() == 2
+    assert int(lso.skipped_steps) == 1 and float(lso.loss_scale) == 32.0
+    assert int(acc.dropped_micro_batches) == 1
+    assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
 def test_mirrored_fit_install_ragged_and_masked(mirrored_strategy):

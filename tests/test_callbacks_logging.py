@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tfkit
 from tfkit.callbacks import HyperparameterLogger, MomentumScheduler, ReduceLROnPlateau
+from tfkit.callbacks.hyperparameter_logger import ACCUMULATOR_ATTRIBUTES, DEFAULT_CHAIN_ATTRIBUTES
 
 DECAY_STEPS, LR0 = 20, 0.1
 
@@ -40,7 +42,7 @@ def test_history_and_csv_show_rate_and_momentum_used(tmp_path):
     # Logger before CSVLogger: it writes into `logs` before CSVLogger reads them.
     history = model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[
         MomentumScheduler(momentum), HyperparameterLogger(), keras.callbacks.CSVLogger(str(csv_path))])
-    last_steps = [3, 7, 11]  # the last update of each epoch (4 updates per epoch)
+    last_steps = [4, 8, 12]  # the optimizer's step at each epoch end (4 updates per epoch)
     np.testing.assert_allclose(history.history["learning_rate"], [numpy_cosine(k) for k in last_steps], rtol=1e-6)
     np.testing.assert_allclose(history.history["momentum"], [numpy_momentum(k) for k in last_steps], rtol=1e-6)
     with open(csv_path) as f:
@@ -55,8 +57,9 @@ def test_rate_includes_plateau_multiplier():
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(LR0, DECAY_STEPS)), "mse")
     history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[
         HyperparameterLogger(), ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)])
-    # Epoch 0 sets `best`; epochs 1 and 2 reduce *after* the logger ran (logger first).
-    expected = [numpy_cosine(1), 1.0 * numpy_cosine(3), 0.5 * numpy_cosine(5)]
+    # Epoch 0 sets `best`; epochs 1 and 2 reduce *after* the logger ran (logger first),
+    # which reads the rate at the optimizer's step (2, 4, 6 updates done).
+    expected = [numpy_cosine(2), 1.0 * numpy_cosine(4), 0.5 * numpy_cosine(6)]
     np.testing.assert_allclose(history.history["learning_rate"], expected, rtol=1e-6)
     np.testing.assert_allclose(history.history["beta_1"], [0.9] * 3, rtol=1e-7)
 
@@ -124,7 +127,9 @@ def test_gradient_accumulator_state_logged():
     optimizer = GradientAccumulator(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR0, DECAY_STEPS),
                                                          momentum=0.9), accumulation_steps=4)
     model.compile(optimizer, "mse")
-    logger = HyperparameterLogger()
+    # The window's counters are bookkeeping, not metrics: logged only when asked for.
+    assert "micro_step" not in tfkit.callbacks.hyperparameter_logger.DEFAULT_CHAIN_ATTRIBUTES
+    logger = HyperparameterLogger(chain_attributes=DEFAULT_CHAIN_ATTRIBUTES + ACCUMULATOR_ATTRIBUTES)
     callbacks = keras.callbacks.CallbackList([logger], model=model)
     callbacks.on_train_begin()
     assert "micro_step" not in logger.values()  # unbuilt accumulator: skipped, no error
@@ -133,6 +138,6 @@ def test_gradient_accumulator_state_logged():
     assert history.history["micro_step"] == [3.0, 2.0, 1.0]
     assert history.history["accumulation_steps"] == [4.0] * 3
     assert history.history["dropped_micro_batches"] == [0.0] * 3
-    # Real updates so far: 0, 1, 2 -> learning rate of the last real update (step 0 before any).
+    # Real updates so far: 0, 1, 2 -> the rate at that step of the inner optimizer.
     np.testing.assert_allclose(history.history["learning_rate"],
-                               [numpy_cosine(0), numpy_cosine(0), numpy_cosine(1)], rtol=1e-6)
+                               [numpy_cosine(0), numpy_cosine(1), numpy_cosine(2)], rtol=1e-6)

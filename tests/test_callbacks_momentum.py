@@ -277,7 +277,7 @@ def test_bad_input():
     assert len(unbuilt.momentums) == 1  # slots exist, so the schedule acts
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         schedule_hyperparameter(keras.optimizers.Adam(), keras.optimizers.schedules.ExponentialDecay(2.0, 1, 0.5))
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ValueError, match="must have `momentum` or `beta_1`"):
         schedule_hyperparameter(keras.optimizers.Adagrad(), OneCycleMomentum())
 
 

@@ -60,8 +60,12 @@ def _fit(model, x, y, guard=None, epochs=2, **kwargs):
                      callbacks=callbacks + kwargs.pop("callbacks", []), **kwargs)  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["loss", "corrupted_inputs"])
-@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize(
+    "kind, jit_compile",
+    [("loss", False), ("corrupted_inputs", True),
+     pytest.param("loss", True, marks=pytest.mark.slow),
+     pytest.param("corrupted_inputs", False, marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_skip_drops_exactly_the_bad_update(kind, jit_compile):
     x, y = _data()
     clean = _model(jit_compile=jit_compile)
@@ -81,6 +85,7 @@ def test_skip_drops_exactly_the_bad_update(kind, jit_compile):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_rollback_recovers_and_ends_near_the_clean_run():
     x, y = _data()
     clean = _model(keras.optimizers.Adam(0.03))
@@ -186,6 +191,7 @@ def test_plain_fit_without_install_is_refused():
         _model().fit(x, y, verbose=0, callbacks=[SpikeGuard()])
 
 
+@pytest.mark.slow
 def test_backup_and_restore_carries_the_guard_state(tmp_path):
     class Stop(Exception):
         pass
@@ -224,7 +230,7 @@ except ImportError:  # pragma: no cover - the doctor tests are part of the suite
     HEALTHY = {}
 # One loss only: install() refuses several losses (its message says so).
 MULTI_LOSS = {"dict_inputs_two_heads"}
-QUICK = {"mlp", "cnn_batchnorm", "mixed_float16", "token_lm_ignore_class"}
+QUICK = {"mlp", "mixed_float16"}
 
 
 @pytest.mark.parametrize(
@@ -324,3 +330,18 @@ def test_call_time_losses_never_put_non_finite_values_in_the_statistics(losses):
         assert ok == (np.isfinite(loss) and ok)
     assert np.isfinite(guard.state.get("loss_mean")) and np.isfinite(guard.state.get("loss_var"))
     assert guard.state.get("accepted") + guard.state.get("spikes") == len(losses)
+
+
+def test_events_reach_tensorboard(tmp_path):
+    x, y = _inject(*_data(), "loss")
+    model, guard = _model(), SpikeGuard("skip", warmup_steps=5)
+    board = keras.callbacks.TensorBoard(str(tmp_path))
+    _fit(model, x, y, guard, epochs=1, callbacks=[board])
+    values = {}
+    for path in (tmp_path / "train").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag.startswith("epoch_"):
+                    values[value.tag] = float(tf.make_ndarray(value.tensor))
+    assert values["epoch_spikes"] == 1 and values["epoch_skipped_updates"] == 1
+    assert values["epoch_rollbacks"] == 0

@@ -62,8 +62,10 @@ def _optimizer(k: int):
 def _callbacks(schedule):
     return [
         MomentumScheduler({"backbone": schedule.momentum_schedule}),
-        ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9),
+        # The logger reads the rates before this epoch's reduction (the ones the
+        # epoch's updates applied); after ReduceLROnPlateau it would read the next ones.
         HyperparameterLogger(),
+        ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9),
     ]
 
 

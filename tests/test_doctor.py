@@ -12,7 +12,7 @@ from keras import ops
 
 import tfkit
 from tfkit import doctor
-from tfkit.doctor import _checks
+from tfkit.doctor import checks as _checks
 from tfkit.optimizers import optimizer_chain
 
 FAST = {"time_budget": 15.0, "overfit_steps": 300, "sample_size": 128}
@@ -685,10 +685,10 @@ def test_input_pipeline_flags_a_starved_model_with_concrete_advice():
 
 def test_pipeline_advice_reads_the_dataset_graph():
     base = tf.data.Dataset.range(10)
-    ops_seq = _checks._dataset_ops(base.map(lambda v: v + 1).batch(2))
+    ops_seq = _checks.pipeline._dataset_ops(base.map(lambda v: v + 1).batch(2))
     assert "MapDataset" in ops_seq and not any(o.startswith("Prefetch") for o in ops_seq)
     tuned = base.map(lambda v: v + 1, num_parallel_calls=tf.data.AUTOTUNE).cache().prefetch(2)
-    assert _checks._pipeline_advice(_checks._dataset_ops(tuned)) == []
+    assert _checks.pipeline._pipeline_advice(_checks.pipeline._dataset_ops(tuned)) == []
 
 
 def test_precision_reports_audit_findings():

@@ -29,7 +29,7 @@ def test_quickstart_is_healthy_and_writes_markdown_and_plots(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert out.startswith("tfkit doctor: 0 error(s), 0 warning(s) from 9 check(s)")
+    assert out.startswith("tfkit doctor: 0 error(s), 0 warning(s) from 10 check(s)")
     assert "[overfit_batch]" in out and "memorised" in out
     assert (tmp_path / "r.md").read_text().startswith("# tfkit doctor report")
     assert sorted(os.listdir(tmp_path / "plots")) == ["activations.png", "gradient_flow.png"]

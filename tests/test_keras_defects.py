@@ -21,6 +21,7 @@ def test_ids_are_the_doc_headings():
         "clip-per-replica",
         "early-stopping-state",
         "backup-restore-inexact",
+        "schedule-free-stale-x",
     } == known_ids()
 
 

@@ -45,8 +45,9 @@ _ATTRIBUTES = {
     "recompute_sequential": "tfkit.recompute",
     "TrainStep": "tfkit.training",
 }
+# ``tfkit.accumulation`` (the old home of GradientAccumulator) still imports,
+# through the unlisted-submodule branch of ``__getattr__``, but is not public API.
 _SUBMODULES = (
-    "accumulation",
     "callbacks",
     "devices",
     "doctor",

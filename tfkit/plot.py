@@ -91,6 +91,8 @@ def default_steps(schedule) -> int:
             return int(max(config[key]) * 1.3) + 1
     if "decay_steps" in config:
         return warmup + int(config["decay_steps"] * 1.1) + 1
+    if "anneal_steps" in config:  # SWALR: the annealing, then a stretch of the constant rate
+        return int(config["anneal_steps"] * 1.5) + 1
     return 1000
 
 

@@ -45,6 +45,8 @@ from tfkit._internals import (
     unscale_loss_for_distribution,
 )
 from tfkit.callbacks import spike_guard as _spike_guard
+from tfkit.callbacks import weight_averaging as _weight_averaging
+from tfkit.layers import batch_normalization as _batch_norm
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
 from tfkit.optimizers.tree import optimizer_chain
@@ -147,6 +149,33 @@ def _apply(optimizer, grads, variables, weight) -> None:
         optimizer.apply(grads, variables)
 
 
+def _accumulation_steps(optimizer) -> int:
+    """The ``k`` of the first GradientAccumulator in the optimizer chain (1 without one)."""
+    for opt in optimizer_chain(optimizer):
+        if isinstance(opt, GradientAccumulator):
+            return opt.accumulation_steps
+    return 1
+
+
+def _step_is_finite(grads, weight) -> tf.Tensor:
+    """The verdict the accumulator and the loss scaler reach: finite gradients and weight."""
+    flags = [
+        tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
+        for g in grads
+        if g is not None
+    ]
+    if weight is not None:
+        weight = tf.convert_to_tensor(weight)
+        flags.append(tf.math.is_finite(weight) & (weight >= 0))
+    return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+def _statistics_guard(model, optimizer) -> list:
+    """At trace time: BatchNorm windows follow the accumulator; snapshot their statistics."""
+    _batch_norm.resolve_accumulation_steps(model, _accumulation_steps(optimizer))
+    return _batch_norm.snapshot_statistics(model)
+
+
 def _guarded_apply(guard, optimizer, loss, grads, variables, weight) -> None:
     """``_apply``, or the guard's gate around it (the update is dropped on a spike)."""
     if guard is None:
@@ -175,8 +204,12 @@ class TrainStep:
         grads = d optimizer.scale_loss(loss) / d trainable_variables
         optimizer.apply(grads, trainable_variables)
 
-    and returns ``{"loss": global mean loss}`` (the unscaled value, reduced
-    across replicas).
+    and returns ``{"loss": global mean loss}`` (the unscaled value, summed
+    over replicas). The step itself all-reduces nothing for the logs: with one
+    process (``MirroredStrategy``) the replicas' scalar losses are summed on
+    one device, so under a ``GradientAccumulator`` a micro-step that does not
+    close a window runs no collective at all. Only a multi-worker strategy
+    pays one scalar all-reduce per step for the logged loss.
 
     **Weighted micro-batches.** When the optimizer chain holds a
     :class:`~tfkit.optimizers.GradientAccumulator`, the step passes it the
@@ -242,6 +275,12 @@ class TrainStep:
                 f"received strategy={strategy!r} of type {type(strategy).__name__}"
             )
         self.strategy = strategy or tf.distribute.get_strategy()
+        # Multi-worker strategies: other processes hold replicas, and only a
+        # collective reaches their losses.
+        replicas = self.strategy.num_replicas_in_sync
+        self._all_replicas_local = replicas == 1 or replicas == len(
+            self.strategy.extended.worker_devices
+        )
         self.spike_guard = _check_guard(spike_guard)
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)
         self._function = tf.function(self._distributed_step)
@@ -250,6 +289,7 @@ class TrainStep:
     def _step_on_replica(self, x, y, sample_weight=None):
         self.trace_count += 1  # Python side effect: runs only while tracing
         model, optimizer = self.model, self.optimizer
+        statistics = _statistics_guard(model, optimizer)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss, weight = _loss_and_weight(self.loss, y, y_pred, sample_weight)
@@ -257,12 +297,19 @@ class TrainStep:
             scaled = optimizer.scale_loss(loss)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
+        _batch_norm.keep_statistics_if(_step_is_finite(grads, weight), statistics)
         _guarded_apply(self.spike_guard, optimizer, loss, grads, variables, weight)
         return loss
 
     def _distributed_step(self, x, y, sample_weight=None):
         per_replica = self.strategy.run(self._replica_step, args=(x, y, sample_weight))
-        # Each replica's loss is already divided by the replica count.
+        # Each replica's loss is already divided by the replica count, so the
+        # global mean is their sum.
+        if self._all_replicas_local:
+            # The logged loss needs no collective: the replicas of this process
+            # hand their scalars to one device, as fit's logs do. Under
+            # accumulation a micro-step then communicates nothing at all.
+            return tf.add_n(list(self.strategy.experimental_local_results(per_replica)))
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def _build(self, x) -> None:
@@ -303,6 +350,7 @@ def _compiled_loss(model: keras.Model) -> keras.losses.Loss:
 def _weighted_train_step(model: keras.Model, data):
     """``Model.train_step`` with TrainStep's loss, weight and apply (one replica)."""
     x, y, sample_weight = unpack_x_y_sample_weight(data)
+    statistics = _statistics_guard(model, model.optimizer)
     with tf.GradientTape() as tape:
         y_pred = model(x, training=True) if _internals.call_has_training_arg(model) else model(x)
         loss, weight = _loss_and_weight(_compiled_loss(model), y, y_pred, sample_weight)
@@ -313,7 +361,11 @@ def _weighted_train_step(model: keras.Model, data):
     variables = model.trainable_variables
     guard = _spike_guard.installed_guard(model)
     grads = tape.gradient(scaled, variables)
+    _batch_norm.keep_statistics_if(_step_is_finite(grads, weight), statistics)
     _guarded_apply(guard, model.optimizer, loss, grads, variables, weight)
+    averaging = _weight_averaging.installed_averaging(model)
+    if averaging is not None:
+        averaging.update_in_step()
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
@@ -326,7 +378,7 @@ def _check_guard(guard):
     return guard
 
 
-def install(model: keras.Model, spike_guard=None) -> keras.Model:
+def install(model: keras.Model, spike_guard=None, weight_averaging=None) -> keras.Model:
     """Make ``model.fit`` train with :class:`TrainStep`'s weighted micro-batches.
 
     Replaces ``model.train_step`` on this instance (not on its class) with a
@@ -348,6 +400,10 @@ def install(model: keras.Model, spike_guard=None) -> keras.Model:
     check then decides, per batch, whether the update is applied (pass the
     guard in ``fit``'s callbacks as well).
 
+    ``weight_averaging``: a :class:`~tfkit.callbacks.WeightAveraging`; the
+    step then updates its averages in-graph after each update instead of the
+    callback doing it after each batch (pass it in ``fit``'s callbacks as well).
+
     Example:
         >>> import keras, numpy as np, tfkit
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
@@ -361,6 +417,14 @@ def install(model: keras.Model, spike_guard=None) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
     _spike_guard.register_step(model, _check_guard(spike_guard))
+    if weight_averaging is not None and not isinstance(
+        weight_averaging, _weight_averaging.WeightAveraging
+    ):
+        raise TypeError(
+            "`weight_averaging` must be a tfkit.callbacks.WeightAveraging or None; received "
+            f"weight_averaging={weight_averaging!r} of type {type(weight_averaging).__name__}."
+        )
+    _weight_averaging.register_step(model, weight_averaging)
     _internals.bind_instance_method(model, "train_step", _weighted_train_step)
     model.train_function = None  # rebuilt around the new step by the next fit
     return model

@@ -22,6 +22,7 @@ from keras.src.layers.layer import CallContext
 __all__ = [
     "AutocastScope",
     "KerasVariableBase",
+    "adopt_parent_path",
     "autocast_scope",
     "batch_normalization_moments",
     "batch_normalization_reduction_axes",
@@ -99,3 +100,17 @@ def build_shapes(model) -> dict:
 def keras_history(tensor):
     """The ``(operation, node_index, tensor_index)`` that made a symbolic tensor, or ``None``."""
     return getattr(tensor, "_keras_history", None)
+
+
+def adopt_parent_path(inner, wrapper) -> None:
+    """Give ``inner`` the variable-path parent of ``wrapper``, before ``inner`` first opens its scope.
+
+    Keras fixes a layer's path prefix (``Layer._parent_path``, Keras 3.4
+    through 3.15) the first time the layer opens its name scope: a layer
+    first called inside a wrapper's ``call`` gets the wrapper's name in every
+    variable path. ``tfkit.Recompute`` calls this so that wrapping a block
+    leaves its variables' paths (and the patterns that match them) unchanged.
+    A layer that already has a path (built or called before) is left alone.
+    """
+    if getattr(inner, "_parent_path", None) is None:
+        inner._parent_path = getattr(wrapper, "_parent_path", None) or ""

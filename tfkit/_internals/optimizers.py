@@ -12,14 +12,18 @@ import threading
 from keras.src.utils.tracking import no_automatic_dependency_tracking
 
 __all__ = [
+    "ScheduledFloat",
     "all_reduce_already_done",
+    "clear_scheduled_float",
     "check_variables_are_known",
     "distribution_strategy",
     "learning_rate_object",
     "no_automatic_dependency_tracking",
     "optimizer_own_variables",
     "overwrites_variable_with_gradient",
-
+    "set_learning_rate_object",
+    "set_scheduled_float",
+    "schedule_free_z",
     "track_variable",
     "trainable_variables",
     "variable_index",
@@ -58,6 +62,17 @@ def check_variables_are_known(optimizer, variables) -> None:
 def variable_index(optimizer, variable) -> int:
     """Position of ``variable`` in ``optimizer``'s build list (for its per-variable slots)."""
     return optimizer._get_variable_index(variable)
+
+
+def schedule_free_z(optimizer, variable):
+    """The ``z`` slot (Keras calls it ``momentum``) of ``variable`` in a ``ScheduleFreeAdamW``.
+
+    ``keras.optimizers.ScheduleFreeAdamW`` (Keras 3.14 through 3.15) keeps the
+    slots in the private list ``_momentums`` and has no public accessor; the
+    evaluation weights ``x = (y - (1 - beta_1) z) / beta_1`` need it
+    (``tfkit.callbacks.ScheduleFreeEvaluation``). Read-only use.
+    """
+    return optimizer._momentums[optimizer._get_variable_index(variable)]
 
 
 def overwrites_variable_with_gradient(optimizer, variable) -> bool:
@@ -134,29 +149,105 @@ def all_reduce_already_done(optimizer, replicas: int):
                 del optimizer._all_reduce_sum_gradients
 
 
-# -- control plane v1 (replaced by the next commit) ------------------------------------
-def wrap_method(obj, name: str, make_wrapper) -> None:
-    """Replace ``obj.name`` by ``make_wrapper(original_bound_method)`` on this instance only."""
-    current = getattr(obj, name)
-    if getattr(current, "_tfkit_wrapped", False):
-        return
-    wrapper = make_wrapper(current)
-    wrapper._tfkit_wrapped = True
-    object.__setattr__(obj, name, wrapper)
+def set_learning_rate_object(optimizer, rate) -> None:
+    """Make ``rate`` the object ``optimizer`` evaluates for its learning rate.
+
+    Keras keeps the rate an optimizer was given in ``BaseOptimizer._learning_rate``
+    and evaluates it in every update and in the ``learning_rate`` property
+    (``_get_current_learning_rate``: a schedule at ``iterations``, a variable,
+    or a callable with no arguments; Keras 3.0 through 3.15). The public
+    setter would do the same for a callable but also untrack the float rate's
+    variable, which changes ``optimizer.variables`` (and so the layout of
+    saved optimizer weights); written here, the variable stays where it was.
+    No method is replaced.
+    """
+    optimizer._learning_rate = rate
 
 
-def base_current_learning_rate(optimizer):
-    """The rate Keras itself would use now (``BaseOptimizer._get_current_learning_rate``)."""
-    return type(optimizer)._get_current_learning_rate(optimizer)
+class ScheduledFloat(float):
+    """A float hyperparameter (``momentum``, ``beta_1``) whose tensor value is computed in-graph.
+
+    Keras' update rules read ``momentum`` (SGD, RMSprop) and ``beta_1`` (Adam,
+    AdamW, Adamax, Nadam, Lion, Lamb) as a Python attribute of the optimizer,
+    either through ``ops.cast(self.beta_1, dtype)`` or in Python arithmetic
+    (``1 - self.beta_1``), and compare it with Python (``self.momentum != 0``);
+    ``get_config`` returns it. There is no rate-like object Keras evaluates, so
+    the attribute holds this float: as a Python ``float`` it is the nominal
+    value (config, JSON, comparisons); converted to a tensor, or combined
+    with one, it is ``value_fn(dtype)``, evaluated where the update converts
+    it (so at that update's ``iterations``). Checked against the update rules
+    of Keras 3.15.0 and 3.15.1 for the optimizers above.
+    """
+
+    dtype = float  # Keras' dtype inference treats it as a weakly typed Python float
+
+    def __new__(cls, nominal: float, value_fn):
+        obj = super().__new__(cls, nominal)
+        obj.value_fn = value_fn
+        return obj
+
+    def __tf_tensor__(self, dtype=None, name=None):
+        import tensorflow as tf
+
+        return tf.identity(self.value_fn(tf.as_dtype(dtype or tf.float32)), name=name)
+
+    def _like(self, other):
+        import tensorflow as tf
+
+        dtype = getattr(other, "dtype", None)
+        try:
+            dtype = tf.as_dtype(dtype) if dtype is not None and dtype is not float else tf.float32
+        except TypeError:
+            dtype = tf.float32
+        return self.value_fn(dtype if dtype.is_floating else tf.float32)
+
+    def __add__(self, other):
+        return self._like(other) + other
+
+    def __radd__(self, other):
+        return other + self._like(other)
+
+    def __sub__(self, other):
+        return self._like(other) - other
+
+    def __rsub__(self, other):
+        return other - self._like(other)
+
+    def __mul__(self, other):
+        return self._like(other) * other
+
+    def __rmul__(self, other):
+        return other * self._like(other)
+
+    def __truediv__(self, other):
+        return self._like(other) / other
+
+    def __rtruediv__(self, other):
+        return other / self._like(other)
+
+    def __pow__(self, other):
+        return self._like(other) ** other
+
+    def __rpow__(self, other):
+        return other ** self._like(other)
+
+    def __neg__(self):
+        return -self._like(None)
+
+    def __reduce__(self):
+        return (float, (float(self),))  # copies degrade to the plain float
+
+    def __repr__(self):
+        return f"{float(self)!r}"
 
 
-def current_learning_rate_attribute() -> str:
-    """Name of the method the control plane v1 shadows (``_get_current_learning_rate``)."""
-    return "_get_current_learning_rate"
+def set_scheduled_float(optimizer, name: str, nominal: float, value_fn) -> None:
+    """Put ``ScheduledFloat(nominal, value_fn)`` in ``optimizer.name`` (a hyperparameter attribute)."""
+    setattr(optimizer, name, ScheduledFloat(nominal, value_fn))
 
 
-def learning_rate_is_constant(optimizer) -> bool:
-    """True when the optimizer's rate is a variable (``BaseOptimizer._learning_rate``)."""
-    import keras
-
-    return isinstance(optimizer._learning_rate, keras.Variable)
+def clear_scheduled_float(optimizer, name: str) -> None:
+    """Put the plain nominal float back in ``optimizer.name``."""
+    value = getattr(optimizer, name, None)
+    if isinstance(value, ScheduledFloat):
+        setattr(optimizer, name, float(value))

@@ -1,6 +1,7 @@
 """Callbacks for ``model.fit`` and custom loops: early stopping, plateau reduction on any
 schedule, per-epoch schedules, momentum/beta_1 scheduling, hyperparameter logging, diagnostics,
-weight averaging (EMA, SWA), loss-spike recovery."""
+weight averaging (EMA, SWA),
+schedule-free evaluation weights, loss-spike recovery."""
 
 from tfkit.callbacks.backup_and_restore import BackupAndRestore
 from tfkit.callbacks.early_stopping import EarlyStopping
@@ -13,6 +14,7 @@ from tfkit.callbacks.momentum import (
 )
 from tfkit.callbacks.nan_guard import NaNGuard
 from tfkit.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
+from tfkit.callbacks.schedule_free import ScheduleFreeEvaluation
 from tfkit.callbacks.spike_guard import SpikeGuard
 from tfkit.callbacks.update_ratio import UpdateRatioMonitor
 from tfkit.callbacks.weight_averaging import WeightAveraging
@@ -30,6 +32,7 @@ __all__ = [
     "NaNGuard",
     "ReduceLROnPlateau",
     "ScaledSchedule",
+    "ScheduleFreeEvaluation",
     "SpikeGuard",
     "UpdateRatioMonitor",
     "WeightAveraging",

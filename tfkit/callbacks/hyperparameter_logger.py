@@ -14,19 +14,15 @@ from tfkit.optimizers.hyperparameters import (
 )
 from tfkit.optimizers.tree import walk
 
-__all__ = ["HyperparameterLogger"]
+__all__ = ["ACCUMULATOR_ATTRIBUTES", "DEFAULT_CHAIN_ATTRIBUTES", "HyperparameterLogger"]
 
 # Attributes looked up anywhere in the optimizer chain, logged under the same key.
 # ``loss_scale``/``skipped_steps``: tfkit's LossScaleOptimizer; ``dynamic_scale``:
-# Keras' own; the others: a gradient accumulator's window state.
-DEFAULT_CHAIN_ATTRIBUTES = (
-    "loss_scale",
-    "dynamic_scale",
-    "skipped_steps",
-    "accumulation_steps",
-    "micro_step",
-    "dropped_micro_batches",
-)
+# Keras' own. A gradient accumulator's window state is internal bookkeeping,
+# not a metric (Keras' progress bar would print it): opt in with
+# ``chain_attributes=DEFAULT_CHAIN_ATTRIBUTES + ACCUMULATOR_ATTRIBUTES``.
+DEFAULT_CHAIN_ATTRIBUTES = ("loss_scale", "dynamic_scale", "skipped_steps")
+ACCUMULATOR_ATTRIBUTES = ("accumulation_steps", "micro_step", "dropped_micro_batches")
 
 
 def _to_numpy(value):
@@ -35,7 +31,7 @@ def _to_numpy(value):
 
 
 def learning_rate_logs(groups: dict[str, HyperparameterState]) -> dict[str, float]:
-    """``learning_rate`` and ``momentum``/``beta_1`` of the last real update, per group.
+    """``learning_rate`` and ``momentum``/``beta_1`` each group applies at its current step.
 
     One group: keys ``learning_rate`` and ``momentum`` (or ``beta_1``); several
     (a ``MultiOptimizer``): ``learning_rate/<group>`` and ``momentum/<group>``.
@@ -80,25 +76,25 @@ class HyperparameterLogger(keras.callbacks.Callback):
     At each epoch end (and each batch end with ``per_batch=True``) it writes into
     ``logs``:
 
-    * ``learning_rate``: the rate the most recent real update applied, as
-      recorded inside that update by the optimizer's
-      :class:`tfkit.optimizers.HyperparameterState` (schedule, plateau
-      multiplier and epoch scale included); on a ``MultiOptimizer``, one key
-      ``learning_rate/<group>`` per sub-optimizer name;
+    * ``learning_rate``: the rate the optimizer applies at its current step
+      (``optimizer.learning_rate`` of each leaf: its schedule at
+      ``iterations``, times the plateau multiplier and the epoch scale of its
+      :class:`tfkit.optimizers.HyperparameterState`); on a ``MultiOptimizer``,
+      one key ``learning_rate/<group>`` per sub-optimizer name;
     * ``momentum`` or ``beta_1`` (``momentum/<group>``...): likewise, following
       a ``MomentumScheduler``, else the optimizer's float;
     * every attribute of ``chain_attributes`` found on any optimizer of the
-      tree: by default ``loss_scale`` and
-      ``skipped_steps`` (tfkit's ``LossScaleOptimizer``), ``dynamic_scale``
-      (Keras' one), ``accumulation_steps``, ``micro_step`` and
-      ``dropped_micro_batches`` (``tfkit.optimizers.GradientAccumulator``).
+      tree: by default ``loss_scale`` and ``skipped_steps`` (tfkit's
+      ``LossScaleOptimizer``) and ``dynamic_scale`` (Keras' one). A
+      ``GradientAccumulator``'s ``accumulation_steps``, ``micro_step`` and
+      ``dropped_micro_batches`` are logged only when asked for
+      (``chain_attributes=DEFAULT_CHAIN_ATTRIBUTES + ACCUMULATOR_ATTRIBUTES``).
 
-    The values are recorded state, not re-evaluated schedules, so every
-    reader agrees whatever the callback order: History, CSVLogger, and Keras'
-    ``TensorBoard`` (which reads ``optimizer.learning_rate`` itself: outside an
-    update that is the applied value too). Put this logger before CSVLogger
-    so that the row includes its keys. Each logged value costs one small
-    device-to-host read, so ``per_batch`` is off by default.
+    Every reader evaluates the same expression, so they agree whatever the
+    callback order: History, CSVLogger, and Keras' ``TensorBoard`` (which
+    reads ``optimizer.learning_rate`` itself). Put this logger before
+    CSVLogger so that the row includes its keys. Each logged value costs one
+    small device-to-host read, so ``per_batch`` is off by default.
 
     Args:
         per_batch: Also write into the per-batch logs. Default False.

@@ -21,9 +21,7 @@ from __future__ import annotations
 import keras
 
 from tfkit.optimizers.hyperparameters import (
-    _ControlledFloat,
     control,
-    default_momentum_name,
     install_for,
     refresh_train_function,
 )
@@ -65,14 +63,8 @@ def schedule_hyperparameter(optimizer, schedule, hyperparameter: str | None = No
 def unschedule_hyperparameter(optimizer, hyperparameter: str | None = None) -> None:
     """Put back the plain floats replaced by ``schedule_hyperparameter`` (re-trace steps afterwards)."""
     for state in control(optimizer).values():
-        leaf = state.optimizer
-        name = hyperparameter or state.momentum_name or default_momentum_name(leaf)
-        current = getattr(leaf, name, None)
-        if isinstance(current, _ControlledFloat):
-            setattr(leaf, name, float(current))
-        state.momentum_enabled.assign(False)
-        state.momentum_schedule = None
-        state.momentum_name = None
+        if hyperparameter is None or state.momentum_name == hyperparameter:
+            state.unschedule_momentum()
 
 
 @keras.saving.register_keras_serializable(package="tfkit")

@@ -29,13 +29,14 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
     :class:`tfkit.optimizers.HyperparameterState` by the same factor, so the
     groups keep their ratios and every schedule keeps its shape; the rate an
     update applies is ``multiplier * rate(step)``. ``min_lr`` bounds the
-    *reduction*: the factor is never so small that the largest group's last
-    applied rate falls below ``min_lr`` (the schedule's own decay is not clamped).
+    *reduction*: the factor is never so small that the largest group's current
+    rate falls below ``min_lr`` (the schedule's own decay is not clamped).
 
-    The multiplier is a variable read in-graph (no retrace when it changes),
-    tracked by the optimizer (``tf.train.Checkpoint(optimizer=...)`` saves it)
-    and mirrored in ``self.state`` with the counters (``wait``, ``best``,
-    ``cooldown_counter``) for resumes through ``BackupAndRestore``; see
+    The product of the reductions lives in one place, the groups' multiplier:
+    a variable read in-graph (no retrace when it changes), tracked by the
+    optimizer (``tf.train.Checkpoint(optimizer=...)`` saves it) and carried by
+    ``BackupAndRestore`` with the other knobs. ``self.state`` holds the
+    counters (``wait``, ``best``, ``cooldown_counter``) for resumes; see
     ``tfkit.callbacks.EarlyStopping`` for the resume rule.
 
     In a custom loop driven through ``keras.callbacks.CallbackList``, call
@@ -155,12 +156,9 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
             wait=(0, "int64"),
             best=(math.nan, "float64"),
             cooldown_counter=(0, "int64"),
-            multiplier=(1.0, "float64"),
         )
         self._direction = None
         self._groups = {}
-        self._last_step, self._since_update = None, 1.0
-        self._group_since_update: dict[str, float] = {}
 
     @property
     def cooldown_counter(self) -> int:
@@ -168,26 +166,21 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
 
     @property
     def multiplier(self) -> float:
-        """Product of the reductions applied so far (the groups' ``learning_rate_multiplier``)."""
-        return self.state.get("multiplier")
+        """The groups' ``learning_rate_multiplier``: the product of the reductions (1.0 before fit)."""
+        if not self._groups:
+            return 1.0
+        return float(next(iter(self._groups.values())).learning_rate_multiplier.numpy())
 
     def on_train_begin(self, logs=None):
-        resuming = self.state.begin()
+        self.state.begin()
+        # A rate reduced in an earlier fit stays reduced (as Keras' float rate does).
         self._groups = install_for("ReduceLROnPlateau", self.model)
+        # The multipliers are the optimizer's knobs: BackupAndRestore restores them.
         self._check_group_min_lr()
-        if resuming and self.torch_rule:
-            pass  # per-group multipliers: restored with the optimizer's knobs (BackupAndRestore)
-        elif resuming:
-            for state in self._groups.values():
-                state.learning_rate_multiplier.assign(self.multiplier)
-        else:
-            # A rate reduced in an earlier fit stays reduced (as Keras' float rate does).
-            first = next(iter(self._groups.values()))
-            self.state.set("multiplier", float(first.learning_rate_multiplier.numpy()))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            # As Keras' callback, but the rate(s) of the last update; a
+            # As Keras' callback: the rate(s) before this epoch's reduction; a
             # HyperparameterLogger placed earlier wrote the same values.
             for key, value in learning_rate_logs(self._groups).items():
                 logs.setdefault(key, value)
@@ -234,25 +227,16 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
 
     def _reduce_each_group(self, epoch) -> None:
         """PyTorch's ``_reduce_lr``: ``max(rate * factor, min_lr[g])`` per group, if it moves > eps."""
-        step = max(int(state.applied_step.numpy()) for state in self._groups.values())
-        if step != self._last_step:
-            self._last_step, self._group_since_update = step, {}
-        since = self._group_since_update
         for i, (name, state) in enumerate(self._groups.items()):
-            old = since.get(name, 1.0) * state.learning_rate()
+            old = state.learning_rate()  # at the current step, knobs (earlier reductions) included
             new = max(old * self.factor, self._group_min_lr(i, name))
             if old - new > self.eps:
                 factor = new / old
                 state.learning_rate_multiplier.assign(
                     float(state.learning_rate_multiplier.numpy()) * factor
                 )
-                since[name] = since.get(name, 1.0) * factor
-        first = next(iter(self._groups.values()))
-        self.state.set("multiplier", float(first.learning_rate_multiplier.numpy()))
         if self.verbose:
-            rates = ", ".join(
-                f"{since.get(n, 1.0) * s.learning_rate():.4g}" for n, s in self._groups.items()
-            )
+            rates = ", ".join(f"{s.learning_rate():.4g}" for s in self._groups.values())
             print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau: learning rate(s) now {rates}.")
 
     def _check_group_min_lr(self) -> None:
@@ -276,12 +260,7 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
         return self.min_lr
 
     def _reduce(self, epoch) -> bool:
-        # The current rate is the one the last update applied, times the
-        # reductions made since that update (recorded state, no schedule evaluation).
-        step = max(int(state.applied_step.numpy()) for state in self._groups.values())
-        if step != self._last_step:
-            self._last_step, self._since_update = step, 1.0
-        largest = self._since_update * max(state.learning_rate() for state in self._groups.values())
+        largest = max(state.learning_rate() for state in self._groups.values())
         if not largest > np.float32(self.min_lr):
             return False
         factor = max(self.factor, self.min_lr / largest)
@@ -290,8 +269,6 @@ class ReduceLROnPlateau(MonitorStateMixin, keras.callbacks.Callback):
             if not (math.isfinite(multiplier) and multiplier > 0):
                 raise ValueError(f"ReduceLROnPlateau: the learning-rate multiplier became {multiplier!r}.")
             state.learning_rate_multiplier.assign(multiplier)
-        self._since_update *= factor
-        self.state.set("multiplier", self.multiplier * factor)
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing the learning rate(s) by {factor:g} "
                   f"(multiplier {self.multiplier:g}).")

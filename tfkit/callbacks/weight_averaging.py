@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfkit import _validation
+from tfkit import _internals, _validation
 from tfkit.callbacks._state import CallbackState
 from tfkit.optimizers.hyperparameters import resolve_optimizer
 from tfkit.optimizers.tree import leaves, walk
@@ -20,6 +21,24 @@ KINDS = ("ema", "swa")
 BATCH_NORM = ("average", "recompute")
 FINAL_WEIGHTS = ("averaged", "current")
 _OWNER = "WeightAveraging"
+# model -> the averaging its installed train step updates in-graph (tfkit.training.install).
+_installed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def register_step(model, averaging) -> None:
+    """Record that ``model``'s train step updates ``averaging`` itself (None: it does not)."""
+    if averaging is None:
+        _installed.pop(model, None)
+    else:
+        _installed[model] = averaging
+
+
+def installed_averaging(model):
+    """The averaging ``model``'s train step updates in-graph, or None."""
+    try:
+        return _installed.get(model)
+    except TypeError:
+        return None
 
 
 def _plain(variable):
@@ -36,18 +55,13 @@ def _is_float(variable) -> bool:
     return keras.backend.is_float_dtype(variable.dtype)
 
 
-def _batch_norm_layers(layer) -> list:
-    """BatchNormalization layers of ``layer``, following the public ``layers`` of nested models."""
-    found, stack, seen = [], [layer], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, keras.layers.BatchNormalization):
-            found.append(node)
-        stack.extend(reversed(list(getattr(node, "layers", None) or [])))
-    return found
+def _batch_norm_layers(model) -> list:
+    """Every BatchNormalization layer of ``model``, nested and custom layers included."""
+    return [
+        layer
+        for layer in _internals.flatten_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
 
 
 def ema_decay(decay: float, averaged: int, warmup: bool) -> float:
@@ -85,7 +99,14 @@ class WeightAveraging(keras.callbacks.Callback):
     (no host transfer), and averages only when it advanced. It advances once
     per real update: once per accumulation window under
     ``tfkit.GradientAccumulator`` (never per micro-batch), and not on a step a
-    loss-scale optimizer skipped for overflow.
+    loss-scale optimizer skipped for overflow. With
+    ``tfkit.training.install(model, weight_averaging=averaging)`` the same
+    function runs inside the train step instead, right after
+    ``optimizer.apply`` (no extra dispatch per batch; see docs/averaging.md
+    for the cost of each).
+
+    An update whose weights are not all finite is not averaged (counted in
+    ``state.nonfinite``): a diverged step never reaches the averages.
 
     **How they are kept.** One float32 variable per floating-point weight,
     created once on the weights' devices (mirrored under a
@@ -197,6 +218,7 @@ class WeightAveraging(keras.callbacks.Callback):
             averaged=(0, tf.int64),  # n: updates averaged so far
             start=(-1 if start_epoch is not None else self.start_step, tf.int64),
             swapped=(0, tf.int64),  # 1 while the averages sit in the model
+            nonfinite=(0, tf.int64),  # updates not averaged: the weights were not finite
         )
         # Appended one by one in _bind so a checkpoint read before it (by
         # BackupAndRestore's on_train_begin) is restored into them on creation.
@@ -298,6 +320,10 @@ class WeightAveraging(keras.callbacks.Callback):
             state.averaged.assign_add(1)
             return tf.constant(True)
 
+        def skip_nonfinite():
+            state.nonfinite.assign_add(1)
+            return tf.constant(False)
+
         @tf.function(autograph=False)
         def update():
             u = tf.cast(leaf.iterations, tf.int64)
@@ -306,7 +332,15 @@ class WeightAveraging(keras.callbacks.Callback):
             due = tf.logical_and(due, u > start)
             due = tf.logical_and(due, tf.math.floormod(u - start, every) == 0)
             state.recorded.assign(u)
-            return tf.cond(due, average, lambda: tf.constant(False))
+
+            def average_if_finite():
+                # A diverged update must not reach the averages (they would stay NaN).
+                finite = tf.reduce_all(
+                    tf.stack([tf.reduce_all(tf.math.is_finite(w.read_value())) for w in plain])
+                )
+                return tf.cond(finite, average, skip_nonfinite)
+
+            return tf.cond(due, average_if_finite, lambda: tf.constant(False))
 
         @tf.function(autograph=False)
         def swap():
@@ -351,6 +385,25 @@ class WeightAveraging(keras.callbacks.Callback):
         if self._update_fn is None:
             self._bind()
         self._update_fn()
+
+    def update_in_step(self) -> None:
+        """The update, traced into a train step after ``optimizer.apply`` (a replica context).
+
+        ``tfkit.training.install(model, weight_averaging=...)`` calls it; the
+        callback must be bound (``on_train_begin``) before the step is traced.
+        """
+        fn = self._update_fn
+        if fn is None:
+            raise ValueError(
+                f"{_OWNER}: the train step was traced before this callback's on_train_begin; "
+                "pass it in fit's callbacks."
+            )
+        replica = tf.distribute.get_replica_context()
+        if replica is None or replica.num_replicas_in_sync == 1:
+            fn()
+        else:
+            # The averages are mirrored: update them once, from the cross-replica context.
+            replica.merge_call(lambda _: fn())
 
     # -- swapping ------------------------------------------------------------
     def _swap_in(self) -> bool:
@@ -514,7 +567,8 @@ class WeightAveraging(keras.callbacks.Callback):
             self._swap_out()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._update_fn()
+        if installed_averaging(self.model) is not self:
+            self._update_fn()  # else the train step did it, in-graph
 
     def on_epoch_end(self, epoch, logs=None):
         if self.swap_on_epoch:

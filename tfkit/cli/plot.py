@@ -50,6 +50,7 @@ SCHEDULES = {
     "constant": "Constant",
     "inverse-sqrt": "InverseSqrtDecay",
     "warmup-stable-decay": "WarmupStableDecay",
+    "swa": "SWALR",
 }
 # Drawn from a JSON file (their arguments are schedules): see the module docstring.
 COMPOSITE = ("Join", "Product", "Warmup")

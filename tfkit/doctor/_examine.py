@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit import _internals
-from tfkit.doctor import _checks
 from tfkit.doctor._ids import ALL_CHECKS, DEFAULT_CHECKS
+from tfkit.doctor.checks import CHECKS
 from tfkit.doctor.report import Finding, Report
 from tfkit.tuning._state import TrainingState
 from tfkit.tuning.lr_find import _micro_batches_per_update
@@ -213,7 +213,7 @@ def examine(
             start = time.perf_counter()
             ctx.deadline = start + options["time_budget"]
             try:
-                findings += _checks.CHECKS[check](ctx)
+                findings += CHECKS[check](ctx)
             except Exception as err:  # noqa: BLE001 - a crash is itself a finding about the set-up
                 first_line = (str(err).splitlines() or [""])[0][:300]
                 findings.append(

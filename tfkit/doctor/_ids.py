@@ -10,6 +10,7 @@ DEFAULT_CHECKS = (
     "overfit_batch",
     "input_pipeline",
     "precision",
+    "schedule_end",
 )
 OPTIONAL_CHECKS = ("learning_rate", "zero_input")
 ALL_CHECKS = DEFAULT_CHECKS + OPTIONAL_CHECKS

@@ -28,9 +28,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from tfkit import _internals
+from tfkit import _internals, _validation
 
-__all__ = ["BatchNormalization"]
+__all__ = ["BatchNormalization", "keep_statistics_if", "resolve_accumulation_steps"]
 
 
 @keras.saving.register_keras_serializable(package="tfkit")
@@ -63,41 +63,77 @@ class BatchNormalization(keras.layers.BatchNormalization):
     a call counter) is not a Keras weight: it is saved by
     ``tf.train.Checkpoint``/``BackupAndRestore``, not in ``.keras`` files.
     Like ``GradientAccumulator``, windows ignore epoch boundaries; a partial
-    window at the end of training is not applied. Set ``accumulation_steps``
-    to the accumulator's ``k`` and call the model once per micro-batch.
-    ``renorm`` and ``synchronized`` are not supported with
-    ``accumulation_steps > 1``.
+    window at the end of training is not applied. ``renorm`` and
+    ``synchronized`` are not supported with windows of more than one call.
+
+    **The window length follows the model's accumulator.** Left at ``None``
+    (default), ``accumulation_steps`` is read at the first train step of
+    ``tfkit.TrainStep`` or of ``model.fit`` after ``tfkit.training.install``:
+    the ``k`` of the ``GradientAccumulator`` in the optimizer tree (1 without
+    one). An explicit value that disagrees with that ``k`` raises
+    ``ValueError`` there. In a plain ``model.fit`` (no ``install``) nothing
+    reads it: ``None`` acts as 1 (Keras' behaviour), so pass the ``k``.
+
+    **Non-finite micro-batches.** Under ``TrainStep``/``install``, a
+    micro-batch whose gradients are non-finite (the one the accumulator or the
+    loss scaler drops) contributes nothing to the window or the moving
+    statistics, and a moving statistic that would become non-finite is not
+    changed; this holds for Keras' own ``BatchNormalization`` too (see
+    :func:`keep_statistics_if`). A plain ``model.fit`` has no such guard.
 
     Args:
-        accumulation_steps: training calls per window, an int ``>= 1``.
-            Defaults to 1.
+        accumulation_steps: training calls per window, an int ``>= 1``, or
+            ``None`` (default): the model's accumulator's ``k``, resolved at
+            the first train step of ``TrainStep``/``install`` (else 1).
         **kwargs: every argument of ``keras.layers.BatchNormalization``.
     """
 
-    def __init__(self, *args, accumulation_steps: int = 1, **kwargs):
-        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int):
-            raise TypeError(
-                "`accumulation_steps` must be a Python int >= 1, received "
-                f"accumulation_steps={accumulation_steps!r} "
-                f"of type {type(accumulation_steps).__name__}."
-            )
-        if accumulation_steps < 1:
-            raise ValueError(
-                "`accumulation_steps` must be an int >= 1, received "
-                f"accumulation_steps={accumulation_steps}."
+    def __init__(self, *args, accumulation_steps: int | None = None, **kwargs):
+        if accumulation_steps is not None:
+            accumulation_steps = _validation.check_int(
+                "BatchNormalization", "accumulation_steps", accumulation_steps, low=1
             )
         super().__init__(*args, **kwargs)
-        if accumulation_steps > 1 and (self.renorm or self.synchronized):
+        if accumulation_steps is not None and accumulation_steps > 1:
+            self._check_supported(accumulation_steps)
+        self.accumulation_steps = accumulation_steps
+        self._resolved_steps = accumulation_steps
+
+    def _check_supported(self, steps: int) -> None:
+        if self.renorm or self.synchronized:
             option = "renorm" if self.renorm else "synchronized"
             raise ValueError(
-                f"`{option}=True` is not supported with accumulation_steps="
-                f"{accumulation_steps}; use accumulation_steps=1 (Keras' behaviour)."
+                f"BatchNormalization: `{option}=True` is not supported with accumulation_steps="
+                f"{steps}; use accumulation_steps=1 (Keras' behaviour)."
             )
-        self.accumulation_steps = accumulation_steps
+
+    @property
+    def window_steps(self) -> int:
+        """Training calls per window in effect (``accumulation_steps``, resolved; 1 if unset)."""
+        return self._resolved_steps or 1
+
+    def resolve_accumulation_steps(self, steps: int) -> None:
+        """Take the model's accumulator's ``steps``; refuse an explicit value that disagrees."""
+        if self.accumulation_steps is None:
+            if steps > 1:
+                self._check_supported(steps)
+            self._resolved_steps = steps
+        elif self.accumulation_steps != steps:
+            _validation.fail(
+                f"BatchNormalization {self.name!r}",
+                "accumulation_steps",
+                self.accumulation_steps,
+                f"the model's GradientAccumulator steps ({steps}) or None (follow it)",
+            )
+
+    def _has_window(self) -> bool:
+        return self.accumulation_steps is None or self.accumulation_steps > 1
 
     def build(self, input_shape):
         super().build(input_shape)
-        if self.accumulation_steps == 1:
+        # Unset steps may resolve to k > 1 at the first train step (inside a
+        # trace): the window variables exist from the start.
+        if not self._has_window() or self.renorm or self.synchronized:
             return
         channels = input_shape[self.axis]
 
@@ -122,7 +158,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
-        if self.accumulation_steps == 1 or not (training and self.trainable):
+        if self.window_steps == 1 or not (training and self.trainable):
             return super().call(inputs, training=training, mask=mask)
         if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
             return super().call(inputs, training=training, mask=mask)  # Keras raises
@@ -159,7 +195,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._window_sum_sq.assign_add(ops.sum(ops.square(centered) * weights, axis=axes))
         self._window_calls.assign_add(1)
         tf.cond(
-            self._window_calls >= self.accumulation_steps,
+            self._window_calls >= self.window_steps,
             self._close_window,
             lambda: None,
             name="close_batch_norm_window",
@@ -186,3 +222,80 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
     def get_config(self):
         return {**super().get_config(), "accumulation_steps": self.accumulation_steps}
+
+
+def _batch_norm_layers(model) -> list:
+    return [
+        layer
+        for layer in _internals.flatten_layers(model, include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def resolve_accumulation_steps(model, steps: int) -> None:
+    """Give every tfkit ``BatchNormalization`` in ``model`` the accumulator's ``steps``.
+
+    Called by ``TrainStep``/``install`` when their step is traced; raises
+    ``ValueError`` naming the layer when an explicit ``accumulation_steps``
+    disagrees.
+    """
+    for layer in _batch_norm_layers(model):
+        if isinstance(layer, BatchNormalization):
+            layer.resolve_accumulation_steps(steps)
+
+
+def _statistics(layer) -> list:
+    variables = [layer.moving_mean, layer.moving_variance]
+    if isinstance(layer, BatchNormalization) and layer.window_steps > 1:
+        variables += [
+            layer._window_count, layer._window_sum, layer._window_sum_sq, layer._window_calls
+        ]
+    return variables
+
+
+def snapshot_statistics(model) -> list:
+    """The moving statistics (and open windows) of every BatchNormalization, before a step.
+
+    Empty for a model without BatchNormalization (then the guard adds no op).
+    """
+    return [
+        # tf.identity reads the value now (keras.ops.convert_to_tensor would
+        # hand back the Keras variable itself, read only later).
+        (layer, [tf.identity(v) for v in _statistics(layer)])
+        for layer in _batch_norm_layers(model)
+        if layer.built and layer.trainable
+    ]
+
+
+def keep_statistics_if(finite, snapshot: list) -> None:
+    """Undo this micro-batch's statistics unless ``finite`` and the new statistics are finite.
+
+    ``finite`` is the step's own verdict (its gradients and weight are finite,
+    as ``GradientAccumulator`` and the loss scaler decide). When it is False
+    the moving statistics and the open window return to ``snapshot``; a
+    windowed layer still counts the call (its window closes with the
+    accumulator's), with nothing added. Keras' ``BatchNormalization`` is
+    covered the same way (its moving mean and variance).
+    """
+    if not snapshot:
+        return
+    checks = [finite]
+    for layer, _ in snapshot:
+        checks += [tf.reduce_all(tf.math.is_finite(v)) for v in
+                   (layer.moving_mean, layer.moving_variance)]
+    keep = tf.reduce_all(tf.stack(checks))
+
+    def restore():
+        for layer, before in snapshot:
+            for variable, value in zip(_statistics(layer), before, strict=True):
+                variable.assign(value)
+            if isinstance(layer, BatchNormalization) and layer.window_steps > 1:
+                layer._window_calls.assign_add(1)  # the dropped call still counts
+                tf.cond(
+                    layer._window_calls >= layer.window_steps,
+                    layer._close_window,
+                    lambda: None,
+                )
+        return tf.constant(True)
+
+    tf.cond(keep, lambda: tf.constant(False), restore, name="keep_batch_norm_statistics")

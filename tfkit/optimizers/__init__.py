@@ -16,15 +16,17 @@ The loss-scaling wrapper lives with the rest of mixed precision, in
 
 from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import (
+    ControlledLearningRate,
     HyperparameterState,
     attach,
     control,
     is_controlled,
 )
-from tfkit.optimizers.layerwise_decay import layerwise_decay
+from tfkit.optimizers.layerwise_decay import LayerwiseDecay, layerwise_decay
 from tfkit.optimizers.tree import (
     find_in_chain,
     innermost,
+    is_container,
     leaves,
     optimizer_chain,
     parameter_groups,
@@ -32,12 +34,15 @@ from tfkit.optimizers.tree import (
 )
 
 __all__ = [
+    "ControlledLearningRate",
     "GradientAccumulator",
     "HyperparameterState",
+    "LayerwiseDecay",
     "attach",
     "control",
     "find_in_chain",
     "innermost",
+    "is_container",
     "is_controlled",
     "layerwise_decay",
     "leaves",

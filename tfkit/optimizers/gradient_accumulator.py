@@ -51,15 +51,38 @@ def _variable_name(variable) -> str:
 
 
 def _all_finite(grads) -> tf.Tensor:
-    flags = []
+    """Whether every gradient is finite, from one reduction per gradient.
+
+    The sum of a tensor is finite iff its elements are, except when finite
+    elements overflow float32 in the sum (magnitudes near 1e38 / size): such
+    gradients would overflow the float32 accumulators too, so they count as
+    non-finite. One ``Sum`` kernel per gradient and a scalar test, instead of
+    an elementwise ``IsFinite`` pass and a reduction over its result.
+    """
+    sums = []
     for g in grads:
         values = g.values if isinstance(g, tf.IndexedSlices) else g
-        flags.append(tf.reduce_all(tf.math.is_finite(values)))
-    return tf.reduce_all(tf.stack(flags))
+        sums.append(tf.reduce_sum(tf.cast(values, tf.float32)))
+    return tf.math.is_finite(tf.add_n(sums))
+
+
+def _weighted(g, weight):
+    """``weight * g`` in float32 (``g`` itself when there is no weight)."""
+    g = tf.cast(tf.convert_to_tensor(g), tf.float32)
+    return g if weight is None else g * tf.cast(weight, tf.float32)
+
+
+def _plus(total, g, weight):
+    """``total + weight * g``; an ``IndexedSlices`` is added into a dense copy of ``total``."""
+    if isinstance(g, tf.IndexedSlices):
+        values = tf.cast(g.values, tf.float32)
+        values = values if weight is None else values * tf.cast(weight, tf.float32)
+        return tf.tensor_scatter_nd_add(total, tf.expand_dims(g.indices, -1), values)
+    return total + _weighted(g, weight)
 
 
 def _check_weight(weight):
-    """``None``, or a float32 scalar tensor; Python numbers are validated here."""
+    """``None``, or a float64 scalar tensor; Python numbers are validated here."""
     if weight is None:
         return None
     if isinstance(weight, bool):
@@ -69,7 +92,8 @@ def _check_weight(weight):
     if isinstance(weight, numbers.Real):
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"`weight` must be a finite number >= 0, received weight={weight!r}.")
-    weight = tf.cast(weight, tf.float32)
+    # float64: the window's sum of weights (token counts) stays exact to 2**53.
+    weight = tf.cast(weight, tf.float64)
     if weight.shape.rank not in (None, 0):
         raise ValueError(
             f"`weight` must be a scalar (one weight per micro-batch), received shape {weight.shape}."
@@ -241,8 +265,8 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         # Sum of the weights of the finite micro-batches, and count of the
         # dropped ones, in the open window (float32: they ride in the same
         # all-reduce as the gradient sums).
-        self._window_weight = self._local_variable((), "float32", "sum", "window_weight")
-        self._window_dropped = self._local_variable((), "float32", "sum", "window_dropped")
+        self._window_weight = self._local_variable((), "float64", "sum", "window_weight")
+        self._window_dropped = self._local_variable((), "float64", "sum", "window_dropped")
         self._micro_step = self._local_variable((), "int64", "only_first_replica", "micro_step")
         self._dropped = self._local_variable(
             (), "int64", "only_first_replica", "dropped_micro_batches"
@@ -282,7 +306,8 @@ class GradientAccumulator(keras.optimizers.Optimizer):
     def last_step_updated(self) -> tf.Tensor:
         """Whether the last ``apply``/``flush`` call performed a real update (bool tensor)."""
         self._check_built("last_step_updated")
-        return ops.equal(self._last_updated, 1)
+        # A call that leaves the window open does not write ``_last_updated``.
+        return ops.logical_and(ops.equal(self._last_updated, 1), ops.equal(self._micro_step, 0))
 
     @property
     def dropped_micro_batches(self) -> tf.Tensor:
@@ -310,6 +335,19 @@ class GradientAccumulator(keras.optimizers.Optimizer):
     @learning_rate.setter
     def learning_rate(self, learning_rate):
         self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def optimizers(self):
+        """The inner ``MultiOptimizer``'s sub-optimizers (``AttributeError`` for a single inner).
+
+        Keras' ``TensorBoard`` logs one ``learning_rate_<name>`` per entry when an
+        optimizer has ``optimizers`` (the groups' rates; a ``MultiOptimizer``
+        has no single ``learning_rate``).
+        """
+        subs = getattr(self.inner_optimizer, "optimizers", None)
+        if subs is None:
+            raise AttributeError(f"{self.inner_optimizer.name!r} has no parameter groups.")
+        return subs
 
     @property
     def loss_scale_factor(self):
@@ -359,6 +397,10 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                 A non-finite or negative tensor weight drops the micro-batch
                 like a non-finite gradient.
         """
+        self._apply_checked(grads, trainable_variables, weight)
+
+    def _apply_checked(self, grads, trainable_variables, weight, finite=None, on_close=None):
+        """``apply`` with a caller's finiteness flag and close hook (see ``_apply_micro_batch``)."""
         if len(grads) == 0:
             return
         weight = _check_weight(weight)
@@ -387,10 +429,27 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         pairs = [(g, v) for g, v in zip(grads, trainable_variables, strict=True) if g is not None]
         if not pairs:
             raise ValueError("No gradients provided for any variable.")
+        self._apply_micro_batch(pairs, weight, finite, on_close)
+
+    def _apply_micro_batch(self, pairs, weight, finite=None, on_close=None):
+        """One micro-step on ``(gradient, variable)`` pairs (validated by the caller).
+
+        ``finite`` is the caller's flag for the gradients when it has checked
+        them already (a loss scaler has): the gradients are then not read a
+        second time. ``on_close(reduced)`` runs inside the branch that closes
+        a window, with ``reduced = [sum of weights, dropped shards]`` of the
+        window summed over replicas: a loss scaler updates its scale there,
+        from the same all-reduce, instead of reducing its own flag every
+        micro-step.
+        """
         with keras.name_scope(self.name, caller=self):
-            self._accumulate(pairs, weight)
-            close = ops.greater_equal(self._micro_step, self.accumulation_steps)
-            self._update_if(close, [v for _, v in pairs])
+            finite = self._micro_batch_is_finite([g for g, _ in pairs], weight, finite)
+            if _needs_merge_call():
+                self._accumulate(pairs, weight, finite)
+                close = ops.greater_equal(self._micro_step, self.accumulation_steps)
+                self._update_in_cross_replica(close, [v for _, v in pairs], on_close)
+            else:
+                self._micro_step_in_replica(pairs, weight, finite, on_close)
 
     @tf.autograph.experimental.do_not_convert
     def flush(self) -> tf.Tensor:
@@ -423,34 +482,40 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         with keras.name_scope(self.name, caller=self):
             self._update_if(ops.greater(self._micro_step, 0), _internals.trainable_variables(self))
 
-    def _accumulate(self, pairs, weight):
+    @staticmethod
+    def _micro_batch_is_finite(grads, weight, finite=None):
+        """Whether this replica keeps the micro-batch: finite gradients and a finite weight >= 0."""
+        if finite is None:
+            finite = _all_finite(grads)
+        if weight is not None:
+            finite = ops.logical_and(
+                finite, ops.logical_and(tf.math.is_finite(weight), ops.greater_equal(weight, 0.0))
+            )
+        return finite
+
+    def _add(self, pairs, weight):
+        for g, v in pairs:
+            accumulator = self._accumulators[_internals.variable_index(self, v)]
+            if isinstance(g, tf.IndexedSlices) and not tf.distribute.has_strategy():
+                values = tf.cast(g.values, tf.float32)
+                if weight is not None:
+                    values = values * tf.cast(weight, tf.float32)
+                accumulator.value.scatter_add(tf.IndexedSlices(values, g.indices, g.dense_shape))
+            else:
+                # Sync-on-read variables (one per replica) have no scatter_add.
+                accumulator.assign_add(_weighted(g, weight))
+        self._window_weight.assign_add(1.0 if weight is None else weight)
+
+    def _accumulate(self, pairs, weight, finite):
         """Add ``weight * g`` to this replica's sums, or count the micro-batch as dropped.
 
         Purely local: no communication, whatever the strategy. Each replica
         decides on its own shard; the window closes after ``k`` calls on
         every replica alike, so the replicas never drift apart.
         """
-        finite = _all_finite([g for g, _ in pairs])
-        if weight is not None:
-            finite = ops.logical_and(
-                finite, ops.logical_and(tf.math.is_finite(weight), ops.greater_equal(weight, 0.0))
-            )
 
         def add():
-            for g, v in pairs:
-                accumulator = self._accumulators[_internals.variable_index(self, v)]
-                if isinstance(g, tf.IndexedSlices) and not tf.distribute.has_strategy():
-                    values = tf.cast(g.values, tf.float32)
-                    if weight is not None:
-                        values = values * weight
-                    accumulator.value.scatter_add(
-                        tf.IndexedSlices(values, g.indices, g.dense_shape)
-                    )
-                else:
-                    # Sync-on-read variables (one per replica) have no scatter_add.
-                    g = tf.cast(tf.convert_to_tensor(g), tf.float32)
-                    accumulator.assign_add(g if weight is None else g * weight)
-            self._window_weight.assign_add(1.0 if weight is None else weight)
+            self._add(pairs, weight)
 
         def drop():
             self._window_dropped.assign_add(1.0)
@@ -460,38 +525,103 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         self._micro_step.assign_add(1)
 
     def _window_values(self, variables):
-        """This replica's partial sums, then ``[sum of weights, dropped count]`` (all float32)."""
+        """This replica's partial sums (float32), then ``[sum of weights, dropped count]``.
+
+        The pair is float64 on one device (exact to 2**53); across replicas it
+        joins the sums' single float32 collective (a packed all-reduce needs
+        one dtype), so there the global sum is exact to 2**24.
+        """
         sums = [self._accumulators[_internals.variable_index(self, v)].value for v in variables]
-        return sums + [tf.stack([self._window_weight.value, self._window_dropped.value])]
+        pair = tf.stack([self._window_weight.value, self._window_dropped.value])
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            pair = tf.cast(pair, tf.float32)
+        return sums + [pair]
+
+    def _micro_step_in_replica(self, pairs, weight, finite, on_close):
+        """One branch per micro-step: keep, drop, or close the window (with or without this one).
+
+        The decision is one ``switch_case`` on ``2 * closes + finite``, where
+        ``closes`` (this call is the window's ``k``-th) is known before the
+        call, so a micro-step that does not close a window runs a single
+        branch of a few assignments -- no second conditional, no read-back
+        of the sums -- and the closing branch adds the last micro-batch to
+        the sums on the fly instead of writing it to the accumulators first.
+        The only collective of a window is the all-reduce in the closing
+        branches: the partial sums, the sum of weights and the count of
+        dropped micro-batches travel together (all float32 under a strategy,
+        so it packs them into one collective; see ``_window_values``).
+        """
+        variables = [v for _, v in pairs]
+
+        # ``last_step_updated`` reads ``micro_step == 0`` too, so the open
+        # branches leave ``_last_updated`` alone: one assignment less per step.
+        def keep():
+            self._add(pairs, weight)
+            self._micro_step.assign_add(1)
+
+        def drop():
+            self._window_dropped.assign_add(1.0)
+            self._micro_step.assign_add(1)
+
+        def close(with_this_one):
+            values = self._window_values(variables)
+            one, zero = tf.constant(1.0, tf.float64), tf.constant(0.0, tf.float64)
+            if with_this_one:
+                values = [
+                    _plus(s, g, weight) for s, (g, _) in zip(values[:-1], pairs, strict=True)
+                ] + [
+                    values[-1]
+                    + tf.cast(tf.stack([one if weight is None else weight, zero]), values[-1].dtype)
+                ]
+            else:
+                values = values[:-1] + [values[-1] + tf.constant([0.0, 1.0], values[-1].dtype)]
+            self._close_window(values, variables, on_close, pending=1)
+
+        closes = ops.greater_equal(self._micro_step, self.accumulation_steps - 1)
+        # One Case op, not nested conds: measured cheaper per micro-step.
+        index = 2 * ops.cast(closes, "int32") + ops.cast(finite, "int32")
+        tf.switch_case(
+            index,
+            [drop, keep, lambda: close(False), lambda: close(True)],
+            name="close_window",
+        )
+
+    def _close_window(self, values, variables, on_close, pending=0):
+        """All-reduce the window (one collective), update if it holds finite weight, reset."""
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            values = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, values
+            )
+        apply = self._apply_condition(values)
+        tf.cond(apply, lambda: self._step_inner(values, variables), lambda: None)
+        self._reset_window(values, apply, variables, pending)
+        self._last_updated.assign(ops.cast(apply, "int64"))
+        if on_close is not None:
+            on_close(values[-1])
 
     def _update_if(self, close, variables):
-        """Close the window on every replica iff ``close`` (same value on every replica).
-
-        The only collective of a window is the one all-reduce inside the
-        ``close`` branch: the partial sums, the sum of weights and the count of
-        dropped micro-batches travel together (all float32, so the strategy
-        packs them into one collective). A micro-step that does not close a
-        window communicates nothing.
-        """
+        """Close the window on every replica iff ``close`` (``flush``: no micro-batch to add)."""
         if not _needs_merge_call():
 
             def close_window():
-                values = self._window_values(variables)
-                if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-                    values = tf.distribute.get_replica_context().all_reduce(
-                        tf.distribute.ReduceOp.SUM, values
-                    )
-                apply = self._apply_condition(values)
-                tf.cond(apply, lambda: self._step_inner(values, variables), lambda: None)
-                self._reset_window(values, apply, variables)
-                return apply
+                self._close_window(self._window_values(variables), variables, None)
 
-            updated = tf.cond(close, close_window, lambda: tf.constant(False), name="close_window")
-            self._last_updated.assign(ops.cast(updated, "int64"))
+            def keep_open():
+                self._last_updated.assign(0)
+
+            tf.cond(close, close_window, keep_open, name="close_window")
             return
+        self._update_in_cross_replica(close, variables, None)
 
-        # The inner optimizer's update calls merge_call, which a cond in replica
-        # context cannot hold: take the decisions in cross-replica context.
+    def _update_in_cross_replica(self, close, variables, on_close):
+        """``_update_if`` under a strategy whose optimizer updates call ``merge_call``.
+
+        ``tf.cond`` in replica context cannot hold the inner optimizer's
+        update (it calls ``merge_call``), so the decision is taken in
+        cross-replica context; the one collective is still the packed
+        ``batch_reduce_to`` inside the closing branch.
+        """
+
         def cross_replica(strategy, close, values):
             def close_window():
                 reduced = strategy.extended.batch_reduce_to(
@@ -509,6 +639,8 @@ class GradientAccumulator(keras.optimizers.Optimizer):
                 strategy.extended.call_for_each_replica(
                     self._reset_window, args=(reduced, apply, variables)
                 )
+                if on_close is not None:
+                    on_close(first[-1])
                 return apply
 
             first_close = strategy.experimental_local_results(close)[0]
@@ -532,28 +664,32 @@ class GradientAccumulator(keras.optimizers.Optimizer):
         # Per-replica gradients follow Keras' convention (the loss is divided by
         # the number of replicas, so that the *sum* over replicas is the mean):
         # undo that factor here, since the sum over replicas is already taken.
-        scale = ops.divide(float(replicas), values[-1][0])
+        scale = ops.cast(ops.divide(float(replicas), values[-1][0]), "float32")
         grads = [
             ops.cast(ops.multiply(s, scale), v.dtype)
             for s, v in zip(values[:-1], variables, strict=True)
         ]
-        with _internals.all_reduce_already_done(self.inner_optimizer, replicas) as grads_are_reduced:
+        with _internals.all_reduce_already_done(
+            self.inner_optimizer, replicas
+        ) as grads_are_reduced:
             if not grads_are_reduced:
                 # An optimizer that all-reduces some other way: hand each replica
                 # its share, which that all-reduce sums back to the mean.
                 grads = [ops.divide(g, ops.cast(replicas, g.dtype)) for g in grads]
             self.inner_optimizer.apply(grads, variables)
 
-    def _reset_window(self, values, applied, variables):
+    def _reset_window(self, values, applied, variables, pending=0):
+        """Zero the window; ``pending`` calls of it are not yet in ``micro_step`` (1 when closing early)."""
         for v in variables:
             accumulator = self._accumulators[_internals.variable_index(self, v)]
-            accumulator.assign(tf.zeros_like(accumulator.value))
+            # A constant, not zeros_like(value): no read of the variable.
+            accumulator.assign(tf.zeros(accumulator.shape, accumulator.dtype))
         # A window whose sums overflowed is dropped whole: count all its shards.
-        shards = ops.cast(self._micro_step, "float32") * float(
+        shards = ops.cast(self._micro_step + pending, "float32") * float(
             tf.distribute.get_strategy().num_replicas_in_sync
         )
         finite_sums = ops.logical_or(applied, ops.equal(values[-1][0], 0.0))
-        dropped = ops.where(finite_sums, values[-1][1], shards)
+        dropped = ops.where(finite_sums, values[-1][1], ops.cast(shards, values[-1][1].dtype))
         self._dropped.assign_add(ops.cast(dropped, "int64"))
         self._window_weight.assign(0.0)
         self._window_dropped.assign(0.0)

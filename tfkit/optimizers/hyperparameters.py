@@ -1,69 +1,82 @@
 """One in-graph hyperparameter state per leaf optimizer: the control plane callbacks use.
 
-optax's ``inject_hyperparams`` turns hyperparameters into optimizer *state*:
-the update reads them from the state, and writes there the values it used,
-so whoever logs or changes them touches state, never the update function.
-:func:`control` does the same for a Keras optimizer tree (``LossScaleOptimizer``,
-``GradientAccumulator``, ``MultiOptimizer``, any nesting). Each leaf optimizer
-gets a :class:`HyperparameterState` of variables:
+optax's ``inject_hyperparams`` turns hyperparameters into optimizer *state*
+that whoever schedules or logs them reads and writes, while the update
+function stays the library's own. :func:`control` does the same for a Keras
+optimizer tree (``LossScaleOptimizer``, ``GradientAccumulator``,
+``MultiOptimizer``, any nesting): each *leaf* optimizer gets a
+:class:`HyperparameterState` of variables (the knobs),
 
-* ``learning_rate_multiplier`` (1.0) -- plateau reductions, lr range tests;
-* ``epoch_scale`` (1.0) -- a per-epoch schedule (``EpochScheduler``);
+* ``learning_rate_multiplier`` (1.0) -- the product of plateau reductions
+  (``ReduceLROnPlateau``; ``SpikeGuard``-style rollbacks multiply it too);
+* ``epoch_scale`` (1.0) -- the factor of the current epoch (``EpochScheduler``);
 * ``learning_rate_override`` (NaN = off) -- an absolute rate (``lr_find``);
-* ``momentum_enabled`` -- whether ``momentum``/``beta_1`` follows the
-  schedule set by :meth:`HyperparameterState.schedule_momentum`;
-* ``applied_learning_rate``, ``applied_momentum``, ``applied_step`` -- what
-  the last *real* update of this leaf used, written inside that update.
+* ``momentum_enabled`` -- whether ``momentum``/``beta_1`` follows the schedule
+  set by :meth:`HyperparameterState.schedule_momentum`.
 
-The rate an update applies is::
+How they reach the update, without replacing any method of any Keras object:
 
-    lr = override                                    if override is not NaN
-    lr = keras_rate(iterations) * multiplier * epoch_scale   otherwise
+* **Learning rate.** Keras evaluates the object an optimizer was given as its
+  rate in every update (a variable, a ``LearningRateSchedule`` at
+  ``iterations``, or a callable with no arguments). :func:`control` makes that
+  object a :class:`ControlledLearningRate`, a callable wrapping the original
+  one, so that every update (weight decay included) applies::
 
-where ``keras_rate`` is what Keras itself would use (the optimizer's
-``LearningRateSchedule`` at its ``iterations``, its rate variable, or its
-callable); the optimizer's own configuration is left untouched. A scheduled
-momentum is ``schedule(iterations)`` while enabled, else the original float.
+      lr = override                                        if override is not NaN
+      lr = rate(iterations) * multiplier * epoch_scale     otherwise
 
-Reading ``optimizer.learning_rate`` (or ``ops.convert_to_tensor(momentum)``)
-*outside* an update returns the applied value of the last update, so Keras'
-``TensorBoard``, History and tfkit's logger all report the same number
-whatever the callback order. Since every knob is a variable read in the graph,
-changing one never retraces; since the state is an attribute of the optimizer
-(a ``tf.Module``), ``tf.train.Checkpoint(optimizer=...)`` saves and restores it.
+  where ``rate`` is the optimizer's own rate (float, schedule or callable).
+  ``optimizer.learning_rate`` returns the same expression, so Keras'
+  ``TensorBoard``, ``CSVLogger``, History and tfkit's logger all report the
+  rate the optimizer applies at its current step, whatever the chain.
+* **Momentum / beta_1.** Keras' update rules read them as Python floats, so
+  there is no object to evaluate: :meth:`HyperparameterState.schedule_momentum`
+  puts a ``tfkit._internals.ScheduledFloat`` in the attribute (the one
+  documented mechanism; see there for the Keras versions it needs). It is
+  the original float for ``get_config`` and comparisons, and
+  ``where(momentum_enabled, schedule(iterations), float)`` when an update
+  converts it to a tensor.
 
-Install once with :func:`control` (idempotent, before the train step is traced;
-every tfkit callback does it in ``on_train_begin``). Nothing is added to the
-optimizer's config or to its ``variables``: a ``.keras`` file stays a plain
-Keras optimizer and loads with ``safe_mode=True`` even without tfkit.
+Every knob is a variable read in the graph, so changing one never retraces;
+the state is an attribute of its optimizer (a ``tf.Module``), so
+``tf.train.Checkpoint(optimizer=...)`` saves and restores it. The optimizer's
+``variables`` are unchanged, and its config keeps the original rate (a
+``.keras`` file loads back as the plain Keras optimizer, with
+``safe_mode=True``).
+
+Install once with :func:`control` (idempotent, before the train step is
+traced; every tfkit callback does it in ``on_train_begin`` and re-traces a
+step traced before). Other code that scales the rate (a rollback, a warm
+restart) should multiply ``learning_rate_multiplier`` of every group:
 
 Example:
     >>> import keras
     >>> from tfkit.optimizers import control
     >>> opt = keras.optimizers.SGD(0.1, name="sgd")
     >>> states = control(opt)
-    >>> list(states), round(float(states["sgd"].applied_learning_rate.numpy()), 6)
+    >>> list(states), round(states["sgd"].learning_rate(), 6)
     (['sgd'], 0.1)
     >>> _ = states["sgd"].learning_rate_multiplier.assign(0.5)
     >>> v = keras.Variable([1.0])
     >>> opt.apply([keras.ops.ones((1,))], [v])
-    >>> round(float(v.numpy()[0]), 6), round(float(opt.learning_rate.numpy()), 6)
+    >>> round(float(v.numpy()[0]), 6), round(float(opt.learning_rate), 6)
     (0.95, 0.05)
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import threading
 import weakref
 
 import keras
 import tensorflow as tf
 
 from tfkit import _internals
-from tfkit.optimizers.tree import _children, parameter_groups, walk
+from tfkit.optimizers.tree import _children, is_container, parameter_groups, walk
 
 __all__ = [
+    "ControlledLearningRate",
     "HyperparameterState",
     "attach",
     "attached_optimizer",
@@ -76,39 +89,6 @@ __all__ = [
 STATE_ATTRIBUTE = "tfkit_hyperparameters"
 GROUPS_ATTRIBUTE = "tfkit_hyperparameter_groups"
 
-# Leaf optimizers whose ``apply`` is running (eagerly) or being traced, by id.
-# Process-wide, not per thread: under a tf.distribute strategy the replica
-# threads run ``apply`` while the update itself (``update_step``, where
-# momentum is read) runs in the strategy's merge call, in another thread.
-_active: dict = {}
-_active_lock = threading.Lock()
-
-
-class _UpdateFrame:
-    """Marks "inside ``leaf.apply``" while it runs (eagerly) or is traced (tf.function).
-
-    Values computed for the update are cached per graph: weight decay reads
-    the rate once per variable, and a ``tf.cond`` branch is its own graph.
-    """
-
-    def __init__(self, leaf):
-        self.leaf = leaf
-        self.depth = 0
-        self.cache: dict = {}
-        self.lock = threading.RLock()
-
-    def cached(self, key, compute):
-        graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-        full_key = (key, id(graph), tf.distribute.get_replica_context() is None)
-        with self.lock:
-            if full_key not in self.cache:
-                self.cache[full_key] = compute()
-            return self.cache[full_key]
-
-
-def _frame_for(leaf):
-    return _active.get(id(leaf))
-
 
 def _scalar(value, dtype, name):
     return tf.Variable(
@@ -120,15 +100,77 @@ def _scalar(value, dtype, name):
     )
 
 
+@keras.saving.register_keras_serializable(package="tfkit")
+class ControlledLearningRate:
+    """The rate object of a controlled optimizer: its own rate times the knobs of its state.
+
+    ``lr = override if override is not NaN else rate(iterations) * multiplier * epoch_scale``
+
+    A callable with no arguments, which Keras evaluates in every update
+    (``_get_current_learning_rate``) and in its ``learning_rate`` property.
+    Assigning a number to ``optimizer.learning_rate`` (as Keras'
+    ``ReduceLROnPlateau`` and ``LearningRateScheduler`` do) sets the rate the
+    optimizer applies, knobs included, for a float rate; a schedule raises as
+    Keras does. Serializes as the optimizer's own rate: ``from_config`` returns
+    the original float or schedule, so a saved optimizer loads back plain.
+
+    Args:
+        rate: the optimizer's own rate object (``keras.Variable``, schedule or callable).
+        state: the :class:`HyperparameterState` whose knobs apply.
+    """
+
+    def __init__(self, rate, state: HyperparameterState):
+        self.rate = rate
+        self.state = state
+
+    def __call__(self):
+        state, rate = self.state, self.rate
+        # What Keras' own evaluation does with a rate object (Keras 3.0-3.15),
+        # inline: one frame between Keras and the schedule.
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = rate(state.iterations)
+        elif callable(rate) and not isinstance(rate, (keras.Variable, tf.Variable)):
+            rate = rate()
+        rate = tf.cast(rate, tf.float32) * state.learning_rate_multiplier * state.epoch_scale
+        override = tf.convert_to_tensor(state.learning_rate_override)
+        return tf.where(tf.math.is_nan(override), rate, override)
+
+    def assign(self, value) -> None:
+        """Make the applied rate ``value``: the optimizer's own float becomes ``value / knobs``."""
+        if not isinstance(self.rate, (keras.Variable, tf.Variable)):
+            raise TypeError(
+                "This optimizer was created with a `LearningRateSchedule` (or a callable) as its "
+                "`learning_rate`, hence its learning rate is not settable; scale it through "
+                "tfkit.optimizers.control(optimizer)[group].learning_rate_multiplier instead."
+            )
+        scale = float(self.state.learning_rate_multiplier.numpy() * self.state.epoch_scale.numpy())
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                "ControlledLearningRate: `learning_rate` cannot be set while the multiplier times the "
+                f"epoch scale is {scale!r}; received learning_rate={value!r}."
+            )
+        self.rate.assign(float(keras.ops.convert_to_numpy(value)) / scale)
+
+    def get_config(self) -> dict:
+        rate = self.rate
+        if isinstance(rate, (keras.Variable, tf.Variable)):
+            rate = float(rate.numpy())
+        return {"rate": keras.saving.serialize_keras_object(rate)}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        # The knobs are state, not configuration: a loaded optimizer gets its
+        # own rate back and is controlled again by the next tfkit callback.
+        return keras.saving.deserialize_keras_object(config["rate"])
+
+
 class HyperparameterState(tf.Module):
     """The hyperparameter variables of one leaf optimizer (see the module docstring).
 
     Created by :func:`control`; not meant to be constructed directly. Knobs
     (write them with ``assign``): ``learning_rate_multiplier``, ``epoch_scale``,
-    ``learning_rate_override``, ``momentum_enabled``. Records (read them):
-    ``applied_learning_rate``, ``applied_momentum`` (NaN without a momentum
-    schedule), ``applied_step`` (the leaf's ``iterations`` at the last real
-    update, -1 before any).
+    ``learning_rate_override``, ``momentum_enabled``. :meth:`learning_rate` and
+    :meth:`momentum` read the values the optimizer applies at its current step.
     """
 
     def __init__(self, optimizer: keras.optimizers.Optimizer):
@@ -143,12 +185,6 @@ class HyperparameterState(tf.Module):
         self.epoch_scale = _scalar(1.0, tf.float32, "epoch_scale")
         self.learning_rate_override = _scalar(math.nan, tf.float32, "learning_rate_override")
         self.momentum_enabled = _scalar(False, tf.bool, "momentum_enabled")
-        initial = tf.cast(
-            tf.convert_to_tensor(_internals.base_current_learning_rate(optimizer)), tf.float32
-        )
-        self.applied_learning_rate = _scalar(initial, tf.float32, "applied_learning_rate")
-        self.applied_momentum = _scalar(math.nan, tf.float32, "applied_momentum")
-        self.applied_step = _scalar(-1, tf.int64, "applied_step")
         # Python-side: which float attribute is scheduled, and by what.
         self.momentum_name: str | None = None
         self.momentum_schedule = None
@@ -158,9 +194,8 @@ class HyperparameterState(tf.Module):
         """The variables that decide future updates, in a fixed order.
 
         ``learning_rate_multiplier``, ``epoch_scale`` and ``momentum_enabled``:
-        what a backup must carry for a resumed run to apply the same rates.
-        The records (``applied_*``) only describe the past, and
-        ``learning_rate_override`` is set and cleared within one ``lr_find``.
+        what a backup must carry for a resumed run to apply the same rates
+        (``learning_rate_override`` is set and cleared within one ``lr_find``).
         """
         return [self.learning_rate_multiplier, self.epoch_scale, self.momentum_enabled]
 
@@ -168,25 +203,16 @@ class HyperparameterState(tf.Module):
     def optimizer(self):
         return self._optimizer_ref()
 
-    # -- in-graph, called only inside the leaf's update -------------------------------
-    def _rate_for_update(self, keras_rate):
-        rate = tf.cast(tf.convert_to_tensor(keras_rate), tf.float32)
-        rate = rate * self.learning_rate_multiplier * self.epoch_scale
-        override = tf.convert_to_tensor(self.learning_rate_override)
-        rate = tf.where(tf.math.is_nan(override), rate, override)
-        self.applied_learning_rate.assign(rate)
-        self.applied_step.assign(tf.cast(tf.convert_to_tensor(self.optimizer.iterations), tf.int64))
-        return rate
+    @property
+    def iterations(self):
+        """The leaf's count of real updates: the step its schedules are evaluated at."""
+        return self.optimizer.iterations
 
-    def _momentum_for_update(self, nominal: float):
-        scheduled = tf.cast(
-            tf.convert_to_tensor(self.momentum_schedule(self.optimizer.iterations)), tf.float32
-        )
-        value = tf.where(
-            tf.convert_to_tensor(self.momentum_enabled), scheduled, tf.constant(nominal, tf.float32)
-        )
-        self.applied_momentum.assign(value)
-        return value
+    # -- read by the update (in-graph) ------------------------------------------------
+    def _momentum_value(self, nominal: float, dtype):
+        scheduled = tf.cast(self.momentum_schedule(self.iterations), tf.float32)
+        value = tf.where(self.momentum_enabled, scheduled, tf.constant(nominal, tf.float32))
+        return tf.cast(value, dtype)
 
     # -- host side ----------------------------------------------------------------------
     def schedule_momentum(self, schedule, hyperparameter: str | None = None) -> bool:
@@ -197,75 +223,73 @@ class HyperparameterState(tf.Module):
         """
         optimizer = self.optimizer
         name = hyperparameter or default_momentum_name(optimizer)
+        owner = "HyperparameterState.schedule_momentum"
         if name not in ("momentum", "beta_1"):
             raise ValueError(
-                f"`hyperparameter` must be 'momentum', 'beta_1' or None; received hyperparameter={name!r}."
+                f"{owner}: `hyperparameter` must be 'momentum', 'beta_1' or None; "
+                f"received hyperparameter={name!r}."
             )
         if not hasattr(optimizer, name):
             raise ValueError(
-                f"{type(optimizer).__name__} ({optimizer.name!r}) has no `{name}` to schedule; "
-                f"received hyperparameter={name!r}."
+                f"{owner}: `hyperparameter` must be an attribute of {type(optimizer).__name__} "
+                f"({optimizer.name!r}); received hyperparameter={name!r}."
             )
         if not callable(schedule):
             raise TypeError(
-                f"`schedule` must be callable (step -> value); received schedule={schedule!r}."
+                f"{owner}: `schedule` must be callable (step -> value); received schedule={schedule!r}."
             )
+        _check_leaf(optimizer)
         current = getattr(optimizer, name)
-        if (
-            isinstance(current, _ControlledFloat)
-            and self.momentum_schedule is schedule
-            and self.momentum_name == name
-        ):
+        if isinstance(current, _internals.ScheduledFloat) and self.momentum_schedule is schedule:
             self.momentum_enabled.assign(True)  # validated when installed
             return False
         first = float(tf.convert_to_tensor(schedule(0)))
         if not (math.isfinite(first) and 0.0 <= first <= 1.0):
             raise ValueError(
-                f"`schedule(0)` must be a finite value in [0, 1] for `{name}`; received {first!r}."
+                f"{owner}: `schedule(0)` must be a finite value in [0, 1] for `{name}`; "
+                f"received schedule(0)={first!r}."
             )
         nominal = float(current)
         if nominal == 0.0:
             # SGD and RMSprop create their momentum slots only when momentum != 0.
             if optimizer.built or first == 0.0:
                 raise ValueError(
-                    f"{type(optimizer).__name__} has {name}=0.0, so it has (or will build) no momentum "
-                    f"slots; construct it with {name} > 0 (e.g. the schedule's first value) to schedule it."
+                    f"{owner}: `{name}` must be > 0 on {type(optimizer).__name__} to be scheduled "
+                    f"(with {name}=0.0 it has, or will build, no momentum slots); construct it with "
+                    f"{name} > 0 (e.g. the schedule's first value); received {name}=0.0."
                 )
             nominal = first
         self.momentum_name = name
         self.momentum_schedule = schedule
-        setattr(optimizer, name, _ControlledFloat(nominal, self))
-        if math.isnan(float(self.applied_momentum.numpy())):
-            # Nothing scheduled applied yet: the first update will use `first`;
-            # updates before the install used the plain float.
-            self.applied_momentum.assign(first if self.applied_step.numpy() < 0 else float(current))
+        value_fn = functools.partial(self._momentum_value, nominal)
+        _internals.set_scheduled_float(optimizer, name, nominal, value_fn)
         self.momentum_enabled.assign(True)
         return True
 
+    def unschedule_momentum(self) -> None:
+        """Put the plain float back (re-trace steps afterwards)."""
+        if self.momentum_name is not None:
+            _internals.clear_scheduled_float(self.optimizer, self.momentum_name)
+        self.momentum_enabled.assign(False)
+        self.momentum_schedule = None
+        self.momentum_name = None
+
     def learning_rate(self) -> float:
-        """Host value of the rate applied by the last real update (install-time rate before any)."""
-        return float(self.applied_learning_rate.numpy())
+        """Host value of the rate the optimizer applies at its current step (knobs included)."""
+        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
     def next_learning_rate(self) -> float:
-        """Host value of the rate the next update would apply (evaluates the schedule; for inspection)."""
-        override = float(self.learning_rate_override.numpy())
-        if not math.isnan(override):
-            return override
-        keras_rate = tf.cast(
-            tf.convert_to_tensor(_internals.base_current_learning_rate(self.optimizer)), tf.float32
-        )
-        return float((keras_rate * self.learning_rate_multiplier * self.epoch_scale).numpy())
+        """Same as :meth:`learning_rate` (the rate the next update applies); kept for callers of v1."""
+        return self.learning_rate()
 
     def momentum(self) -> float | None:
-        """Host value of the momentum/beta_1 the last update applied (the plain float if unscheduled)."""
+        """Host value of ``momentum``/``beta_1`` at the current step (``None`` if it has neither)."""
         name = self.momentum_key()
         if name is None:
             return None
         value = getattr(self.optimizer, name)
-        if isinstance(value, _ControlledFloat):
-            applied = float(self.applied_momentum.numpy())
-            if math.isfinite(applied):
-                return applied
+        if isinstance(value, _internals.ScheduledFloat):
+            return float(tf.convert_to_tensor(value, tf.float32).numpy())
         return float(value)
 
     def momentum_key(self) -> str | None:
@@ -281,128 +305,33 @@ def default_momentum_name(optimizer) -> str:
         if hasattr(optimizer, name):
             return name
     raise ValueError(
-        f"{type(optimizer).__name__} ({optimizer.name!r}) has neither `momentum` nor `beta_1`; "
-        "momentum scheduling supports SGD, RMSprop, Adam, AdamW, Adamax, Nadam and Lion."
+        f"MomentumScheduler: the optimizer must have `momentum` or `beta_1` (SGD, RMSprop, Adam, "
+        f"AdamW, Adamax, Nadam, Lion, Lamb); received {type(optimizer).__name__} ({optimizer.name!r})."
     )
 
 
-class _ControlledFloat(float):
-    """``momentum``/``beta_1`` under control: a float for config, a state read for TensorFlow.
-
-    As a Python ``float`` it is the optimizer's original value (``get_config``,
-    JSON, ``momentum != 0`` checks). Converted to a tensor (``ops.cast``,
-    arithmetic) inside the leaf's update it is the scheduled value, recorded
-    in the state; outside an update it is the value the last update applied.
-    """
-
-    dtype = float  # Keras' dtype inference treats it as a weakly typed Python float
-
-    def __new__(cls, nominal: float, state: HyperparameterState):
-        obj = super().__new__(cls, nominal)
-        obj.state = state
-        return obj
-
-    def __tf_tensor__(self, dtype=None, name=None):
-        dtype = tf.as_dtype(dtype or tf.float32)
-        state = self.state
-        frame = _frame_for(state.optimizer)
-        if frame is None:
-            value = tf.where(
-                tf.math.is_nan(tf.convert_to_tensor(state.applied_momentum)),
-                tf.constant(float(self), tf.float32),
-                state.applied_momentum,
-            )
-        else:
-            value = frame.cached("momentum", lambda: state._momentum_for_update(float(self)))
-        return tf.cast(value, dtype, name=name)
-
-    def _tensor_like(self, other):
-        dtype = getattr(other, "dtype", None)
-        try:
-            dtype = tf.as_dtype(dtype) if dtype is not None and dtype is not float else tf.float32
-        except TypeError:
-            dtype = tf.float32
-        if not dtype.is_floating:
-            dtype = tf.float32
-        return self.__tf_tensor__(dtype)
-
-    def __add__(self, other):
-        return self._tensor_like(other) + other
-
-    def __radd__(self, other):
-        return other + self._tensor_like(other)
-
-    def __sub__(self, other):
-        return self._tensor_like(other) - other
-
-    def __rsub__(self, other):
-        return other - self._tensor_like(other)
-
-    def __mul__(self, other):
-        return self._tensor_like(other) * other
-
-    def __rmul__(self, other):
-        return other * self._tensor_like(other)
-
-    def __truediv__(self, other):
-        return self._tensor_like(other) / other
-
-    def __rtruediv__(self, other):
-        return other / self._tensor_like(other)
-
-    def __pow__(self, other):
-        return self._tensor_like(other) ** other
-
-    def __rpow__(self, other):
-        return other ** self._tensor_like(other)
-
-    def __neg__(self):
-        return -self.__tf_tensor__()
-
-    def __reduce__(self):
-        return (float, (float(self),))  # copies degrade to the plain float
-
-    def __repr__(self):
-        return f"{float(self)!r}"
-
-
-def _make_apply(original):
-    leaf = original.__self__
-
-    def apply(grads, trainable_variables=None):
-        with _active_lock:
-            frame = _active.setdefault(id(leaf), _UpdateFrame(leaf))
-            frame.depth += 1
-        try:
-            return original(grads, trainable_variables)
-        finally:
-            with _active_lock:
-                frame.depth -= 1
-                if frame.depth == 0:
-                    del _active[id(leaf)]
-
-    return apply
-
-
-def _make_rate(original):
-    leaf = original.__self__
-
-    def current_learning_rate():
-        state = getattr(leaf, STATE_ATTRIBUTE)
-        frame = _frame_for(leaf)
-        if frame is None:
-            return state.applied_learning_rate
-        return frame.cached("learning_rate", lambda: state._rate_for_update(original()))
-
-    return current_learning_rate
+def _state_of(leaf) -> HyperparameterState | None:
+    rate = _internals.learning_rate_object(leaf)
+    return rate.state if isinstance(rate, ControlledLearningRate) else None
 
 
 def is_controlled(optimizer: keras.optimizers.Optimizer) -> bool:
     """True when every leaf of ``optimizer``'s tree already has its state installed."""
-    return all(
-        isinstance(getattr(leaf, STATE_ATTRIBUTE, None), HyperparameterState)
-        for leaf in parameter_groups(optimizer).values()
-    )
+    groups = parameter_groups(optimizer)
+    return bool(groups) and all(_state_of(leaf) is not None for leaf in groups.values())
+
+
+def _check_leaf(leaf) -> None:
+    # The learning-rate knobs are exact under Keras' own accumulation (read at
+    # the real update); a momentum schedule would run on its micro-batch clock.
+    if leaf.gradient_accumulation_steps:
+        raise ValueError(
+            f"MomentumScheduler: `gradient_accumulation_steps` must be None on {type(leaf).__name__} "
+            f"({leaf.name!r}) to schedule momentum: Keras' built-in accumulation counts "
+            "micro-batches in `iterations`, so schedule(k) would not be the k-th update; wrap the optimizer in "
+            "tfkit.optimizers.GradientAccumulator(optimizer, k) instead; received "
+            f"gradient_accumulation_steps={leaf.gradient_accumulation_steps!r}."
+        )
 
 
 def control(optimizer: keras.optimizers.Optimizer) -> dict[str, HyperparameterState]:
@@ -413,32 +342,38 @@ def control(optimizer: keras.optimizers.Optimizer) -> dict[str, HyperparameterSt
     tfkit's callbacks re-trace ``model.train_function`` once when they install it.
 
     Args:
-        optimizer: any Keras optimizer tree (wrappers, ``MultiOptimizer``).
+        optimizer: any Keras optimizer tree (wrappers, ``MultiOptimizer``). A
+            ``MultiOptimizer`` with a selector function knows its groups once
+            built: build it first (tfkit's callbacks build it from the model).
 
     Returns:
         ``{group name: HyperparameterState}`` (see :func:`parameter_groups`).
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(
-            f"`optimizer` must be a keras.optimizers.Optimizer; received {optimizer!r} "
-            f"of type {type(optimizer).__name__}."
+            "control: `optimizer` must be a keras.optimizers.Optimizer; received "
+            f"optimizer={optimizer!r} of type {type(optimizer).__name__}."
+        )
+    unresolved = [n for n in walk(optimizer) if is_container(n) and not _children(n)]
+    if unresolved:
+        node = unresolved[0]
+        raise ValueError(
+            f"control: `optimizer` must know its parameter groups; {type(node).__name__} "
+            f"({node.name!r}) has no sub-optimizers yet (a selector function resolves them when "
+            "built): call optimizer.build(model.trainable_variables), or compile and build the "
+            f"model before fit; received optimizer={optimizer.name!r}."
         )
     groups = parameter_groups(optimizer)
-    if not groups:
-        raise ValueError(
-            f"{type(optimizer).__name__} ({optimizer.name!r}) has no sub-optimizers yet: "
-            "build it (or compile/fit the model) before installing the control plane."
-        )
     states = {}
     for name, leaf in groups.items():
-        state = getattr(leaf, STATE_ATTRIBUTE, None)
-        if not isinstance(state, HyperparameterState):
+        state = _state_of(leaf)
+        if state is None:
             state = HyperparameterState(leaf)
             # An attribute of the optimizer: Keras' auto-tracking makes it a
             # checkpoint dependency, so tf.train.Checkpoint(optimizer=...) saves it.
             setattr(leaf, STATE_ATTRIBUTE, state)
-            _internals.wrap_method(leaf, "apply", _make_apply)
-            _internals.wrap_method(leaf, _internals.current_learning_rate_attribute(), _make_rate)
+            rate = ControlledLearningRate(_internals.learning_rate_object(leaf), state)
+            _internals.set_learning_rate_object(leaf, rate)
         states[name] = state
     _track_groups(optimizer, states)
     return states
@@ -451,7 +386,7 @@ def knob_variables(optimizer: keras.optimizers.Optimizer) -> list[tf.Variable]:
     """
     if not is_controlled(optimizer):
         return []
-    return [v for leaf in parameter_groups(optimizer).values() for v in getattr(leaf, STATE_ATTRIBUTE).knobs]
+    return [v for leaf in parameter_groups(optimizer).values() for v in _state_of(leaf).knobs]
 
 
 class _GroupStates(tf.Module):
@@ -486,16 +421,16 @@ def attach(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
     """Tell tfkit's callbacks which optimizer trains ``model`` when it is not compiled.
 
     ``tfkit.TrainStep`` calls it; call it yourself in a hand-written loop with
-    its own ``optimizer.apply``. Also installs the control plane (:func:`control`).
+    its own ``optimizer.apply``. Also installs the control plane (:func:`control`)
+    when the optimizer knows its groups, so a step traced next reads it.
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(
-            f"`optimizer` must be a keras.optimizers.Optimizer; received {optimizer!r}."
+            "attach: `optimizer` must be a keras.optimizers.Optimizer; received "
+            f"optimizer={optimizer!r}."
         )
     _attached[model] = optimizer
-    if parameter_groups(
-        optimizer
-    ):  # a MultiOptimizer with a selector function knows its groups once built
+    if not any(is_container(n) and not _children(n) for n in walk(optimizer)):
         control(optimizer)
 
 
@@ -513,9 +448,9 @@ def resolve_optimizer(owner: str, model) -> keras.optimizers.Optimizer:
         optimizer = attached_optimizer(model)
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise ValueError(
-            f"{owner}: found no optimizer for the model (received model={type(model).__name__}): compile the "
-            "model, or create tfkit.TrainStep(model, loss, optimizer) before on_train_begin, or call "
-            "tfkit.optimizers.attach(model, optimizer)."
+            f"{owner}: `model` must be compiled with an optimizer, or trained by a "
+            "tfkit.TrainStep(model, loss, optimizer) created before on_train_begin (or passed to "
+            f"tfkit.optimizers.attach(model, optimizer)); received model={type(model).__name__}."
         )
     return optimizer
 
@@ -527,9 +462,26 @@ def refresh_train_function(model) -> None:
         model.make_train_function()
 
 
+def _resolve_groups(owner: str, model, optimizer) -> None:
+    """Build an optimizer whose parameter groups exist only once built (a selector function)."""
+    if not any(is_container(n) and not _children(n) for n in walk(optimizer)):
+        return
+    variables = model.trainable_variables if model is not None and model.built else []
+    if not variables:
+        raise ValueError(
+            f"{owner}: the optimizer's parameter groups are resolved when it is built, and the "
+            "model has no variables yet: build the model (model.build(input_shape) or call it on "
+            "a batch) or the optimizer (optimizer.build(model.trainable_variables)) before fit; "
+            f"received an unbuilt {type(optimizer).__name__} ({optimizer.name!r})."
+        )
+    with model.distribute_strategy.scope():
+        optimizer.build(variables)
+
+
 def install_for(owner: str, model) -> dict[str, HyperparameterState]:
     """``control`` the optimizer of ``model`` and re-trace ``fit``'s step if it was just installed."""
     optimizer = resolve_optimizer(owner, model)
+    _resolve_groups(owner, model, optimizer)
     fresh = not is_controlled(optimizer)
     states = control(optimizer)
     if fresh:

@@ -3,18 +3,59 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import keras
 
 from tfkit.schedules.scaled import ScaledSchedule
 
-__all__ = ["layerwise_decay"]
+__all__ = ["LayerwiseDecay", "layerwise_decay"]
+
+
+def _matches(pattern: str, path: str) -> bool:
+    # Keras' OptimizerMap rule: an exact key first, else re.fullmatch.
+    return pattern == path or re.fullmatch(pattern, path) is not None
+
+
+@keras.saving.register_keras_serializable(package="tfkit")
+class LayerwiseDecay(keras.optimizers.MultiOptimizer):
+    """Keras' ``MultiOptimizer`` whose groups are variable-path patterns, checked when built.
+
+    Built by :func:`layerwise_decay`. ``build`` refuses, naming the pattern, a
+    pattern that matches no variable (a typo, or a path that changed) and a
+    variable that two patterns match, instead of training those weights at
+    the head's rate without a word. Otherwise exactly Keras' ``MultiOptimizer``.
+    """
+
+    def __init__(self, optimizer_map, loss_scale_factor=None, name=None):
+        super().__init__(optimizer_map, loss_scale_factor=loss_scale_factor, name=name)
+        self.patterns = [str(p) for p in optimizer_map]  # an OptimizerMap iterates over its keys
+
+    def build(self, var_list):
+        if self.built:
+            return
+        paths = [v.path for v in var_list]
+        for path in paths:
+            hits = [p for p in self.patterns if _matches(p, path)]
+            if len(hits) > 1:
+                raise ValueError(
+                    f"layerwise_decay: `layers` patterns must not overlap; variable {path!r} "
+                    f"is matched by {hits}; received layers={self.patterns!r}."
+                )
+        for pattern in self.patterns:
+            if not any(_matches(pattern, path) for path in paths):
+                more = " ..." if len(paths) > 8 else ""
+                raise ValueError(
+                    "layerwise_decay: every `layers` pattern must match a variable path "
+                    f"(e.g. {paths[:8]}{more}); received pattern={pattern!r}."
+                )
+        super().build(var_list)
 
 
 def layerwise_decay(
     optimizer: keras.optimizers.Optimizer,
-    layers: Sequence[str],
+    layers: Sequence[str | keras.layers.Layer],
     decay: float,
 ) -> keras.optimizers.Optimizer:
     """Give deeper layers larger rates: one ``MultiOptimizer`` group per layer pattern.
@@ -35,13 +76,18 @@ def layerwise_decay(
     Args:
         optimizer: an unwrapped Keras optimizer (not built) giving the type,
             the hyperparameters and the head's rate.
-        layers: regular expressions matched (``re.fullmatch``) against
-            ``variable.path``, e.g. ``["embedding/.*", "block_0/.*", ...]``;
-            they must not overlap (Keras raises on a variable matching two).
+        layers: the groups, from the input to the last block: regular
+            expressions matched (``re.fullmatch``, as Keras' ``OptimizerMap``)
+            against ``variable.path``, e.g. ``["embedding/.*", "block_0/.*", ...]``,
+            or built ``keras.layers.Layer`` objects (their trainable variables).
+            ``tfkit.Recompute`` around a block leaves its paths unchanged. When
+            the optimizer is built, a pattern that matches no variable, or a
+            variable matched by two patterns, raises ``ValueError`` naming it.
         decay: factor per layer, ``0 < decay <= 1``.
 
     Returns:
-        A ``keras.optimizers.MultiOptimizer`` (a Keras newer than 3.10, e.g. 3.15).
+        A :class:`LayerwiseDecay`: Keras' ``MultiOptimizer`` (Keras 3.15) that
+        checks its patterns when built.
 
     Example:
         >>> import keras
@@ -72,12 +118,13 @@ def layerwise_decay(
         isinstance(layers, str)
         or not isinstance(layers, Sequence)
         or not layers
-        or not all(isinstance(p, str) and p for p in layers)
+        or not all((isinstance(p, str) and p) or isinstance(p, keras.layers.Layer) for p in layers)
     ):
         raise TypeError(
             "layerwise_decay: `layers` must be a non-empty sequence of variable-path patterns "
-            f"(str); received layers={layers!r}."
+            f"(str) or keras layers; received layers={layers!r}."
         )
+    layers = [p if isinstance(p, str) else _layer_pattern(p) for p in layers]
     if len(set(layers)) != len(layers):
         raise ValueError(
             f"layerwise_decay: `layers` holds a pattern twice; received layers={list(layers)!r}."
@@ -93,6 +140,10 @@ def layerwise_decay(
         )
 
     config = optimizer.get_config()
+    if isinstance(config["learning_rate"], dict) and "rate" in config["learning_rate"].get(
+        "config", {}
+    ):  # a controlled optimizer: its own rate, not the control plane's wrapper
+        config["learning_rate"] = config["learning_rate"]["config"]["rate"]
     rate = config["learning_rate"]
     if isinstance(rate, dict):
         rate = keras.saving.deserialize_keras_object(rate)
@@ -111,4 +162,15 @@ def layerwise_decay(
         for i, pattern in enumerate(layers)
     }
     head = copy(1.0, optimizer.name)
-    return multi(keras.optimizers.OptimizerMap(head, groups))
+    return LayerwiseDecay(keras.optimizers.OptimizerMap(head, groups))
+
+
+def _layer_pattern(layer: keras.layers.Layer) -> str:
+    """The pattern matching exactly ``layer``'s trainable variables, by their current paths."""
+    paths = [v.path for v in layer.trainable_weights]
+    if not paths:
+        raise ValueError(
+            "layerwise_decay: a layer in `layers` must be built and have trainable variables "
+            f"(build the model first); received layer {layer.name!r} with none."
+        )
+    return "|".join(re.escape(p) for p in paths)

@@ -29,6 +29,7 @@ import keras
 __all__ = [
     "find_in_chain",
     "innermost",
+    "is_container",
     "leaves",
     "optimizer_chain",
     "parameter_groups",
@@ -75,6 +76,17 @@ def _children(optimizer) -> list:
     return []
 
 
+def is_container(optimizer) -> bool:
+    """True for an optimizer that delegates to others: a wrapper or a ``MultiOptimizer``.
+
+    A ``MultiOptimizer`` given a selector function has no sub-optimizers until
+    it is built; it is still a container (never a leaf that owns a rate).
+    """
+    if isinstance(getattr(optimizer, "inner_optimizer", None), keras.optimizers.Optimizer):
+        return True
+    return isinstance(getattr(type(optimizer), "optimizers", None), property)
+
+
 def walk(optimizer: keras.optimizers.Optimizer) -> Iterator[keras.optimizers.Optimizer]:
     """Yield every optimizer of the tree, parents before children (each once)."""
     seen, stack = set(), [optimizer]
@@ -88,8 +100,8 @@ def walk(optimizer: keras.optimizers.Optimizer) -> Iterator[keras.optimizers.Opt
 
 
 def leaves(optimizer: keras.optimizers.Optimizer) -> list[keras.optimizers.Optimizer]:
-    """The optimizers of the tree that update weights themselves (no inner optimizers)."""
-    return [node for node in walk(optimizer) if not _children(node)]
+    """The optimizers of the tree that update weights themselves (never a container, see :func:`is_container`)."""
+    return [node for node in walk(optimizer) if not is_container(node)]
 
 
 def parameter_groups(

@@ -27,7 +27,7 @@ import tensorflow as tf
 from keras import ops
 
 from tfkit import _internals
-from tfkit.optimizers import optimizer_chain
+from tfkit.optimizers import GradientAccumulator, optimizer_chain
 
 __all__ = ["LossScaleOptimizer"]
 
@@ -223,24 +223,11 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return self._apply_checked(grads, trainable_variables, weight=weight)
 
     def _apply_finite(self, grads, trainable_variables, weight=None):
-        scale = self.dynamic_scale
         tvs = trainable_variables or _internals.trainable_variables(self)
-        unscaled = [
-            g if g is None or _internals.overwrites_variable_with_gradient(self, v) else ops.divide(g, scale)
-            for g, v in zip(grads, tvs, strict=True)
-        ]
+        unscaled = self._unscale(grads, tvs)
         extra = {} if weight is None else {"weight": weight}
         self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables, **extra)
-
-        def grow():
-            self.step_counter.assign(0)
-            grown = ops.multiply(scale, self.growth_factor)
-            self.dynamic_scale.assign(ops.minimum(grown, self.max_scale))
-
-        def count():
-            self.step_counter.assign_add(1)
-
-        ops.cond(ops.equal(self.step_counter, self.dynamic_growth_steps - 1), grow, count)
+        self._count_finite_step()
 
     def _skip_non_finite(self):
         self.step_counter.assign(0)
@@ -258,6 +245,11 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         if tf.distribute.in_cross_replica_context():
             raise ValueError("apply() must be called in a replica context.")
         replica = tf.distribute.get_replica_context()
+        if replica.num_replicas_in_sync > 1 and isinstance(
+            self.inner_optimizer, GradientAccumulator
+        ):
+            self._apply_to_window(grads, trainable_variables, weight)
+            return
         if _internals.strategy_supports_no_merge_call():
             finite = self.check_finite(grads)
             if replica.num_replicas_in_sync > 1:
@@ -286,6 +278,55 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             ops.cond(ops.equal(bad, 0.0), apply_fn, self._skip_non_finite)
 
         replica.merge_call(handle_cross_replica, args=(grads, trainable_variables, weight))
+
+    def _apply_to_window(self, grads, trainable_variables, weight):
+        """Several replicas, a GradientAccumulator inside: no collective of our own.
+
+        Each replica checks its own gradients and hands them, unscaled, to
+        the accumulator with that flag: a non-finite shard is dropped from the
+        window locally (the accumulator counts it). The accumulator's one
+        all-reduce per window carries the count of dropped shards, and the
+        scale is updated from it when the window closes, identically on
+        every replica: an overflow anywhere in the window backs off once
+        (``skipped_steps += 1``), a clean window counts one step towards
+        ``dynamic_growth_steps``.
+        """
+        tvs = list(trainable_variables or _internals.trainable_variables(self))
+        self.inner_optimizer._apply_checked(
+            self._unscale(grads, tvs),
+            tvs,
+            weight,
+            finite=self.check_finite(grads),
+            on_close=self._update_scale_for_window,
+        )
+
+    def _update_scale_for_window(self, reduced):
+        """``reduced = [sum of weights, dropped shards]`` of the closed window, over replicas."""
+        ops.cond(
+            ops.greater(reduced[1], 0.0),
+            self._skip_non_finite,
+            self._count_finite_step,
+        )
+
+    def _unscale(self, grads, trainable_variables):
+        scale = self.dynamic_scale
+        return [
+            g
+            if g is None or _internals.overwrites_variable_with_gradient(self, v)
+            else ops.divide(g, scale)
+            for g, v in zip(grads, trainable_variables, strict=True)
+        ]
+
+    def _count_finite_step(self):
+        def grow():
+            self.step_counter.assign(0)
+            grown = ops.multiply(self.dynamic_scale, self.growth_factor)
+            self.dynamic_scale.assign(ops.minimum(grown, self.max_scale))
+
+        def count():
+            self.step_counter.assign_add(1)
+
+        ops.cond(ops.equal(self.step_counter, self.dynamic_growth_steps - 1), grow, count)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError(

@@ -11,7 +11,7 @@ block and runs the block's forward pass again when the gradient reaches it:
 With ``k = sqrt(n)`` blocks per segment the memory is O(sqrt(n)) (Chen et al.,
 2016, "Training Deep Nets with Sublinear Memory Cost", arXiv:1604.06174).
 
-Three entry points:
+Four entry points:
 
 * :class:`Recompute` wraps any Keras layer or model (a "block"); use it in
   functional, Sequential and subclassed models, ``model.fit`` (graph and
@@ -20,6 +20,8 @@ Three entry points:
 * :func:`recompute_sequential` splits a stack of layers into segments,
   like PyTorch's ``torch.utils.checkpoint.checkpoint_sequential``.
 * :func:`recompute` is the function form for custom code.
+* :func:`plan` measures each block and chooses what to recompute (and, inside
+  a block, what to save) to fit a memory budget at the least extra compute.
 
 Guarantees (all tested): gradients equal those without recomputation;
 BatchNormalization moving statistics (any Keras variable the block assigns) are
@@ -35,5 +37,6 @@ raises in graph mode, i.e. inside ``model.fit`` (keras-team/keras#21207).
 """
 
 from tfkit.recompute.layer import Recompute, recompute, recompute_sequential
+from tfkit.recompute.planning import RecomputePlan, plan
 
-__all__ = ["Recompute", "recompute", "recompute_sequential"]
+__all__ = ["Recompute", "RecomputePlan", "plan", "recompute", "recompute_sequential"]

@@ -222,3 +222,133 @@ def _warn_nondeterministic(ops, owner, layers: list, warned):
             UserWarning,
             stacklevel=2,
         )
+
+
+def _replay_saved(layer, inputs, saved, kwargs, replay):
+    """``saved`` (the forward pass's output of ``layer``) with ``layer``'s gradient.
+
+    The recomputed pass does not run ``layer`` again: it takes the output kept
+    from the forward pass. Gradients still flow to the layer's input and
+    weights: the backward function differentiates ``layer`` at ``inputs``
+    under its own tape. For a layer whose gradient does not need its output
+    (a matmul or convolution: ``dx = dy W^T``, ``dW = x^T dy``) the forward op
+    of that tape has no consumer and the runtime prunes it, so the layer's
+    forward compute is not repeated -- the point of saving it.
+    """
+    # The backend variables (tf.Variable): what a tape can watch.
+    weights = [w.value for w in layer.trainable_variables]
+
+    @tf.custom_gradient
+    def substitute(x, *weight_values):
+        def grad(dy):
+            with replay(), tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(x)
+                tape.watch(weights)
+                y = layer(x, **kwargs)
+            grads = tape.gradient(
+                y, [x] + weights, output_gradients=dy,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )  # fmt: skip
+            return grads
+
+        return tf.identity(saved), grad
+
+    # The weights enter as tensors read under the recomputation's tape, so
+    # their gradients reach the variables through those reads.
+    return substitute(inputs, *weights)
+
+
+def recompute_selective(
+    layers: Sequence,
+    save: Sequence[bool],
+    inputs,
+    layer_kwargs: Callable,
+    *,
+    owner: str,
+    warned: set | None = None,
+):
+    """Run ``layers`` in sequence on ``inputs``; keep the outputs of the ``save`` ones only.
+
+    The forward pass keeps the block's input and the outputs of the layers
+    whose ``save`` flag is set; in backprop the other layers run again from
+    those (a pointwise layer after a saved matmul recomputes from the matmul's
+    output), and each saved layer contributes its gradient without running
+    its forward pass again (:func:`_replay_saved`). With no layer saved this
+    is :func:`recompute_call` on the whole sequence; with every layer saved it
+    keeps what plain backprop keeps, minus the intermediate tensors inside
+    each layer.
+
+    Args:
+        layers: the layers, called one after the other.
+        save: one flag per layer.
+        inputs: the block's input tensor.
+        layer_kwargs: ``layer -> dict`` of keyword arguments for its call
+            (``training``).
+        owner, warned: as for :func:`recompute_call`.
+    """
+    if _internals.in_symbolic_scope() or not _tape_is_recording():
+        x = inputs
+        for layer in layers:
+            x = layer(x, **layer_kwargs(layer))
+        return x
+    call_context = _internals.current_call_context() or _internals.new_call_context()
+    autocast = _internals.autocast_scope()
+    inner_layers = [sub for layer in layers for sub in _internals.flatten_layers(layer)]
+
+    @_custom_gradient
+    def block(x):
+        kept = []
+        with state.AssignRecorder() as recorder, _internals.stop_recording():
+            h = x
+            for layer, keep in zip(layers, save, strict=True):
+                h = layer(h, **layer_kwargs(layer))
+                kept.append(h if keep else None)
+        output = h
+
+        def replay():
+            return state.replay_scope(
+                recorder.mapping,
+                call_context,
+                autocast.dtype if autocast is not None else None,
+                autocast is not None,
+            )
+
+        def grad_fn(dy, variables=None):
+            variables = list(variables or ())
+            eager = tf.executing_eagerly()
+            graph = None if eager else tf.compat.v1.get_default_graph()
+            with tf.control_dependencies(None if eager else _gate.wait_for(graph)):
+                zero = _zero_after([dy])
+            start = x + tf.cast(zero, x.dtype)
+            first_op = 0 if eager else len(graph.get_operations())
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(start)
+                tape.watch(variables)
+                with replay():
+                    h = start
+                    for layer, saved in zip(layers, kept, strict=True):
+                        kwargs = layer_kwargs(layer)
+                        if saved is None:
+                            h = layer(h, **kwargs)
+                        else:
+                            h = _replay_saved(layer, h, saved, kwargs, replay)
+            reads = []
+            if not eager:
+                new_ops = graph.get_operations()[first_op:]
+                _warn_nondeterministic(new_ops, owner, inner_layers, warned)
+                reads = [op for op in new_ops if op.type == "ReadVariableOp"]
+            grads = tape.gradient(
+                h, [start] + variables, output_gradients=dy,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )  # fmt: skip
+            input_grad, variable_grads = grads[0], grads[1:]
+            if not eager:
+                # As in recompute_call: weight gradients only after every read.
+                with tf.control_dependencies(reads):
+                    variable_grads = [tf.identity(g) for g in variable_grads]
+                _gate.finished(graph, grads)
+            return input_grad, variable_grads
+
+        return output, grad_fn
+
+    return block(inputs)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import keras
 
 from tfkit import _internals
-from tfkit.recompute._core import recompute_call
+from tfkit.recompute._core import recompute_call, recompute_selective
 
 __all__ = ["Recompute", "recompute", "recompute_sequential"]
 
@@ -31,12 +31,28 @@ class Recompute(keras.layers.Layer):
 
     Outside a gradient tape (inference, ``predict``) the block simply runs.
 
+    **Selective recomputation** (``save=``): for a ``keras.Sequential`` block,
+    keep the outputs of the named layers and recompute only the others, like
+    PyTorch's selective-checkpoint policies (save matmuls, recompute
+    pointwise ops) or the ``list_of_layers`` mode of ``keras.RematScope``.
+    Memory kept for backprop: the block's input plus the saved outputs.
+    Backward: the unsaved layers run again from the nearest saved output
+    before them; a saved layer is not run again (its gradient is taken at its
+    recomputed input, so a matmul or convolution costs only its two gradient
+    products). Saving ``Dense``/``Conv*`` outputs and recomputing activations,
+    normalization and dropout trades little compute for most of the memory.
+
     Args:
         layer: the ``keras.layers.Layer`` (or ``keras.Model``) to recompute.
             A block with no trainable variables is accepted (recomputing a
             wide activation still saves memory); calling a block that has
             neither trainable variables nor a floating-point input raises
             ``ValueError``, since no gradient could flow through it.
+        save: ``None`` (recompute everything, the default) or a list of
+            layer class names (``"Dense"``, ``"Conv2D"``) and layer names
+            whose outputs are kept; ``layer`` must then be a
+            ``keras.Sequential``, and every entry must match one of its
+            layers (its direct layers: nest a ``Recompute`` for inner ones).
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ...). The dtype
             policy defaults to the wrapped layer's.
 
@@ -54,7 +70,9 @@ class Recompute(keras.layers.Layer):
     (2016); ``torch.utils.checkpoint.checkpoint``.
     """
 
-    def __init__(self, layer: keras.layers.Layer, **kwargs) -> None:
+    def __init__(
+        self, layer: keras.layers.Layer, save: Sequence[str] | None = None, **kwargs
+    ) -> None:
         if not isinstance(layer, keras.layers.Layer):
             hint = (
                 " For a plain function use tfkit.recompute.recompute(fn)."
@@ -70,9 +88,11 @@ class Recompute(keras.layers.Layer):
                 f"Recompute: argument `layer` is an empty Sequential ({layer.name!r}); "
                 "there is nothing to recompute."
             )
+        save = _check_save(layer, save)
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(**kwargs)
         self.layer = layer
+        self.save = save
         self.supports_masking = layer.supports_masking
         params = _call_params(layer)
         self._forward_training = "training" in params
@@ -93,8 +113,12 @@ class Recompute(keras.layers.Layer):
         if not self.layer.built:
             # First call: let the layer create its variables outside the
             # custom gradient. Usually a symbolic call (functional model, fit's
-            # symbolic build), where nothing is recomputed anyway.
+            # symbolic build), where nothing is recomputed anyway. Its variable
+            # paths are those it would have unwrapped (see adopt_parent_path).
+            _internals.adopt_parent_path(self.layer, self)
             return self.layer(*args, **kwargs)
+        if self.save is not None:
+            return self._call_selective(args, training, mask, kwargs)
         return recompute_call(
             self.layer,
             args,
@@ -104,12 +128,34 @@ class Recompute(keras.layers.Layer):
             warned=self._warned,
         )
 
+    def _call_selective(self, args, training, mask, kwargs):
+        if len(args) != 1 or mask is not None or set(kwargs) - {"training"}:
+            raise ValueError(
+                f"Recompute({self.name!r}) with `save` runs a Sequential block on one "
+                "tensor without a mask or extra arguments; received "
+                f"{len(args)} positional argument(s), mask={mask is not None}, "
+                f"keywords={sorted(set(kwargs) - {'training'})}."
+            )
+        layers = self.layer.layers
+        names = set(self.save)
+        flags = [type(layer).__name__ in names or layer.name in names for layer in layers]
+
+        def layer_kwargs(layer):
+            return {"training": training} if "training" in _call_params(layer) else {}
+
+        return recompute_selective(
+            layers, flags, args[0], layer_kwargs, owner=f"Recompute({self.name!r})",
+            warned=self._warned,
+        )  # fmt: skip
+
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config["layer"] = keras.saving.serialize_keras_object(self.layer)
+        if self.save is not None:
+            config["save"] = list(self.save)
         return config
 
     @classmethod
@@ -119,6 +165,36 @@ class Recompute(keras.layers.Layer):
             config.pop("layer"), custom_objects=custom_objects
         )
         return cls(layer, **config)
+
+
+def _check_save(layer, save) -> tuple[str, ...] | None:
+    """``save`` as a tuple of names, after checking it names layers of a Sequential ``layer``."""
+    if save is None:
+        return None
+    if isinstance(save, str) or not isinstance(save, (list, tuple)):
+        raise TypeError(
+            "Recompute: argument `save` must be None or a list of layer class names or "
+            f"layer names; received save={save!r}."
+        )
+    if not isinstance(layer, keras.Sequential):
+        raise ValueError(
+            "Recompute: argument `save` needs a keras.Sequential block (its layers run "
+            f"one after the other); received save={list(save)!r} for a "
+            f"{type(layer).__name__} ({layer.name!r})."
+        )
+    known = {type(sub).__name__ for sub in layer.layers} | {sub.name for sub in layer.layers}
+    for entry in save:
+        if not isinstance(entry, str):
+            raise TypeError(
+                f"Recompute: every entry of `save` must be a string; received save={save!r}."
+            )
+        if entry not in known:
+            raise ValueError(
+                f"Recompute: `save` entry {entry!r} matches no layer of {layer.name!r} "
+                f"(its layers' class names and names: {sorted(known)}); received "
+                f"save={list(save)!r}."
+            )
+    return tuple(save)
 
 
 def recompute_sequential(

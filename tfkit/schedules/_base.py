@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfkit import _validation
+from tfkit.schedules.finished import warn_if_finished
 
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
@@ -50,6 +51,7 @@ class ScheduleBase(LearningRateSchedule):
     name: str | None
 
     def __call__(self, step):
+        warn_if_finished(self, step)  # trace time only: the optimizer's counter, past the end?
         with tf.name_scope(self.name or type(self).__name__):
             return with_step_contract(type(self).__name__, step, self._compute)
 

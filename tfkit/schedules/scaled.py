@@ -9,6 +9,7 @@ from keras import ops
 
 from tfkit import _validation
 from tfkit.schedules._base import peak_of, with_step_contract
+from tfkit.schedules.finished import warn_if_finished
 
 __all__ = ["ScaledSchedule"]
 
@@ -72,6 +73,7 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
             lr = ops.convert_to_tensor(self.schedule(step))
             return lr * ops.cast(self.multiplier, lr.dtype)
 
+        warn_if_finished(self, step)
         return with_step_contract("ScaledSchedule", step, scaled)
 
     def get_config(self) -> dict:

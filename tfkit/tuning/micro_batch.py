@@ -2,16 +2,25 @@
 
 Memory, not the optimizer, usually caps the batch: a training step needs the
 activations of the forward pass until the backward pass has used them. The
-finder runs *real* training steps (forward, backward, optimizer update, through
-``model.train_on_batch``) at growing batch sizes until TensorFlow raises
-``ResourceExhaustedError``, then bisects between the last size that fitted and
-the first that did not. Every trial starts from the same weights and optimizer
-state (restored bit for bit), so the model is left exactly as it was.
+finder runs *real* training steps at growing batch sizes until TensorFlow
+raises ``ResourceExhaustedError``, then bisects between the last size that
+fitted and the first that did not. Every trial starts from the same weights and
+optimizer state (restored bit for bit), so the model is left exactly as it was.
+
+A trial is a real ``model.fit`` of two batches, so it holds what the fit it
+plans for holds: the input arrays converted to tensors, the batch itself, the
+input pipeline's prefetch buffer for the next batch, and the step. What it
+cannot see (a larger dataset held in memory, callbacks' tensors, other models,
+allocator fragmentation later in training) is covered by a safety margin: the
+plan uses at most ``safety_margin`` (0.9 by default, the factor by which
+Hugging Face Accelerate's ``find_executable_batch_size`` shrinks the batch
+after each OOM) of the largest size that fitted.
 
 The plan reaches ``target_batch`` with gradient accumulation:
 
-    accumulation_steps = ceil(target_batch / max_micro_batch)
-    micro_batch        = ceil(target_batch / accumulation_steps)   (<= max_micro_batch,
+    usable             = floor(safety_margin * max_micro_batch)     (down to multiple_of)
+    accumulation_steps = ceil(target_batch / usable)
+    micro_batch        = ceil(target_batch / accumulation_steps)   (<= usable,
                                                                     rounded up to multiple_of)
     effective_batch    = micro_batch * accumulation_steps          (>= target_batch)
 
@@ -49,7 +58,8 @@ class MicroBatchPlan:
 
     Attributes:
         target_batch: the batch size asked for.
-        max_micro_batch: largest batch size whose training step fitted.
+        max_micro_batch: largest batch size whose training (a ``fit`` of two
+            batches) fitted.
         micro_batch: batch size per step in the plan (``<= max_micro_batch``).
         accumulation_steps: micro-batches per optimizer update.
         effective_batch: ``micro_batch * accumulation_steps``.
@@ -57,6 +67,7 @@ class MicroBatchPlan:
         recompute_advised: whether recomputation is advisable (module docstring).
         notes: human-readable remarks (inexact target, why recompute, ...).
         trials: ``{batch_size: fitted}`` for every size tried, in order.
+        safety_margin: the fraction of ``max_micro_batch`` the plan may use.
     """
 
     target_batch: int
@@ -68,12 +79,13 @@ class MicroBatchPlan:
     recompute_advised: bool
     notes: tuple[str, ...]
     trials: dict[int, bool]
+    safety_margin: float = 1.0
 
     def __str__(self) -> str:
         lines = [
             f"micro-batch {self.micro_batch} x {self.accumulation_steps} accumulation steps "
             f"= effective batch {self.effective_batch} (target {self.target_batch}; "
-            f"largest that fits: {self.max_micro_batch})",
+            f"largest that fits: {self.max_micro_batch}, safety margin {self.safety_margin:g})",
             f"recompute advised: {'yes' if self.recompute_advised else 'no'}",
         ]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
@@ -91,9 +103,17 @@ def _tile(structure, batch_size: int):
 
 
 def _fits(model: keras.Model, sample, batch_size: int) -> bool:
-    x, y, sw = _tile_all(sample, batch_size)
+    """Whether ``model.fit`` of two batches of ``batch_size`` runs without OOM.
+
+    ``fit``, not ``train_on_batch``: the trial goes through the same data
+    adapter and ``tf.data`` pipeline as the training it plans for, so the
+    input tensors and the prefetched next batch are counted with the step.
+    """
+    x, y, sw = _tile_all(sample, 2 * batch_size)
     try:
-        model.train_on_batch(x, y, sample_weight=sw)
+        model.fit(
+            x, y, sample_weight=sw, batch_size=batch_size, epochs=1, shuffle=False, verbose=0
+        )
         return True
     except tf.errors.ResourceExhaustedError:
         pass
@@ -105,6 +125,15 @@ def _fits(model: keras.Model, sample, batch_size: int) -> bool:
     return False
 
 
+def _usable(max_micro: int, safety_margin: float, multiple_of: int) -> int:
+    """``floor(safety_margin * max_micro)``, down to a multiple of ``multiple_of`` when possible."""
+    # The epsilon keeps floor(0.9 * ceil(t / 0.9)) at t despite rounding.
+    usable = max(1, math.floor(safety_margin * max_micro + 1e-9))
+    if usable >= multiple_of:
+        usable = usable // multiple_of * multiple_of
+    return usable
+
+
 def _plan(
     target_batch: int,
     max_micro: int,
@@ -112,10 +141,12 @@ def _plan(
     min_micro_batch: int,
     max_accumulation_steps: int,
     trials: dict[int, bool],
+    safety_margin: float = 1.0,
 ) -> MicroBatchPlan:
-    steps = math.ceil(target_batch / max_micro)
-    # Round the balanced size up to `multiple_of`, never past what fitted.
-    micro = min(max_micro, math.ceil(math.ceil(target_batch / steps) / multiple_of) * multiple_of)
+    usable = _usable(max_micro, safety_margin, multiple_of)
+    steps = math.ceil(target_batch / usable)
+    # Round the balanced size up to `multiple_of`, never past the usable size.
+    micro = min(usable, math.ceil(math.ceil(target_batch / steps) / multiple_of) * multiple_of)
     effective = micro * steps
     notes = []
     if effective != target_batch:
@@ -146,6 +177,7 @@ def _plan(
         recompute_advised=recompute,
         notes=tuple(notes),
         trials=dict(trials),
+        safety_margin=safety_margin,
     )
 
 
@@ -164,11 +196,13 @@ def find_micro_batch(
     multiple_of: int = 1,
     min_micro_batch: int = 8,
     max_accumulation_steps: int = 8,
+    safety_margin: float = 0.9,
 ) -> MicroBatchPlan:
     """Find the largest micro-batch whose training step fits in memory, and plan accumulation.
 
-    Search: try ``start``, then double until a step raises
-    ``tf.errors.ResourceExhaustedError`` or ``target_batch`` is reached (no
+    Search: try ``start``, then double until a trial raises
+    ``tf.errors.ResourceExhaustedError`` or ``ceil(target_batch /
+    safety_margin)`` is reached (the target with its margin of headroom; no
     larger size is ever tried), then bisect between the last size that fitted
     and the first that did not. After each trial the weights and optimizer
     state are restored, and after an OOM Python garbage is collected so the
@@ -189,6 +223,10 @@ def find_micro_batch(
         min_micro_batch: below this micro-batch, recomputation is advised.
         max_accumulation_steps: above this many accumulation steps,
             recomputation is advised.
+        safety_margin: in ``(0, 1]``: the plan's micro-batch is at most
+            ``floor(safety_margin * max_micro_batch)`` (module docstring).
+            Compile ``model`` as it will be trained (a ``GradientAccumulator``
+            adds one float32 copy of the weights).
 
     Returns:
         A :class:`MicroBatchPlan`.
@@ -205,12 +243,23 @@ def find_micro_batch(
         >>> plan = find_micro_batch(model, (np.ones((1, 4)), np.ones((1, 1))), target_batch=64)
         >>> (plan.micro_batch, plan.accumulation_steps)  # a tiny model fits it whole
         (64, 1)
+        >>> plan.max_micro_batch  # tried up to ceil(64 / 0.9): the margin is there too
+        72
     """
     _check_int("target_batch", target_batch, 1)
     _check_int("start", start, 1)
     _check_int("multiple_of", multiple_of, 1)
     _check_int("min_micro_batch", min_micro_batch, 1)
     _check_int("max_accumulation_steps", max_accumulation_steps, 1)
+    if (
+        isinstance(safety_margin, bool)
+        or not isinstance(safety_margin, (int, float, np.floating))
+        or not 0.0 < safety_margin <= 1.0
+    ):
+        raise ValueError(
+            "find_micro_batch: `safety_margin` must be a number in (0, 1]; "
+            f"received safety_margin={safety_margin!r}"
+        )
     if start > target_batch:
         raise ValueError(
             f"find_micro_batch: `start` must be <= target_batch={target_batch}, received {start}"
@@ -238,14 +287,16 @@ def find_micro_batch(
             state.restore()
         return trials[size]
 
+    # The largest size worth trying: the target plus its margin of headroom.
+    ceiling = max(target_batch, math.ceil(target_batch / safety_margin))
     good, bad = 0, None
     size = start
     while True:
         if trial(size):
             good = size
-            if size >= target_batch:
+            if size >= ceiling:
                 break
-            size = min(2 * size, target_batch)
+            size = min(2 * size, ceiling)
         else:
             bad = size
             break
@@ -266,7 +317,15 @@ def find_micro_batch(
             good = mid
         else:
             bad = mid
-    return _plan(target_batch, good, multiple_of, min_micro_batch, max_accumulation_steps, trials)
+    return _plan(
+        target_batch,
+        good,
+        multiple_of,
+        min_micro_batch,
+        max_accumulation_steps,
+        trials,
+        float(safety_margin),
+    )
 
 
 def _tile_all(sample, batch_size: int):
