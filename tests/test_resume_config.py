@@ -259,3 +259,31 @@ def test_changed_replica_count_is_refused_unless_adapted(tmp_path, mirrored_stra
 def test_on_change_is_validated(tmp_path):
     with pytest.raises(ValueError, match="`on_change`"):
         BackupAndRestore(tmp_path, on_change="maybe")
+
+
+def test_generator_input_is_named_in_one_warning_and_replayed(tmp_path):
+    """from_generator cannot be checkpointed: one warning naming it, then a loud replay."""
+    x, y = _data()
+
+    def dataset():
+        def gen():
+            for i in range(0, N, 4):
+                yield x[i : i + 4], y[i : i + 4]
+
+        spec = (tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None, 1), tf.float32))
+        return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+    expected = _model()
+    expected.fit(dataset(), epochs=EPOCHS, verbose=0)
+    with pytest.warns(RuntimeWarning, match=r"training input \(element_spec=.*cannot be checkpointed"
+                      ) as record:  # fmt: skip
+        with pytest.raises(_Stop):
+            _model().fit(dataset(), epochs=EPOCHS, verbose=0,
+                         callbacks=[BackupAndRestore(tmp_path, save_freq=3), _StopAt(13)])  # fmt: skip
+    assert len([w for w in record if "cannot be checkpointed" in str(w.message)]) == 1
+    resumed = _model()
+    with pytest.warns(RuntimeWarning, match="replaying 4 batches of epoch 1"):
+        resumed.fit(dataset(), epochs=EPOCHS, verbose=0,
+                    callbacks=[BackupAndRestore(tmp_path, save_freq=3)])  # fmt: skip
+    for a, b in zip(expected.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)

@@ -140,7 +140,7 @@ def _variant_scenarios(seed: int = 21) -> list[tuple]:
                 (f"{sig}-time-{data}", [("time", float(rng.uniform(0.1, 0.9)), sig)],
                  {"data": data}),
                 (f"{sig}-save-{data}", [("save", f"{int(rng.integers(1, 9))}:{stage()}:"
-                                                  f"{sig[3:].lower()}")], {"data": data}),
+                                                  f"{sig.lower()}")], {"data": data}),
             ]  # fmt: skip
     for i in range(4):
         out.append(

@@ -213,6 +213,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._resume = None  # the loaded backup's position, still to apply
         self._data_resume = None  # the same, for a custom loop's iterator()
         self._skip_draws = False
+        self._defer_to_next_step = False
         self._skip_remaining = 0
         self._skipped_in_epoch = 0
         self._first_step = False  # the next train_function call is an epoch's first
@@ -718,11 +719,16 @@ class BackupAndRestore(keras.callbacks.Callback):
             if resume["done"]:
                 self._restore_metrics(resume, iterator.element_spec)
                 self._skip_remaining = resume["done"]
+        if self._pending_epoch_save is None and self._defer_to_next_step:
+            self._pending_epoch_save = self._epoch
+        self._defer_to_next_step = False
         if self._pending_epoch_save is not None:
             # The epoch's backup, taken now so that it holds this epoch's fresh
             # iterator (its reshuffle seed) and every callback's on_epoch_end.
             self._save(self._pending_epoch_save, 0)
             self._pending_epoch_save = None
+        if self._preempted:
+            self._exit_preempted()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch, self._batches_done, self._skipped_in_epoch = epoch, 0, 0
@@ -749,6 +755,21 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._last_batch = batch
         if self._batches_done <= self._skipped_in_epoch:
             return  # a skipped batch: the weights are those of a later batch
+        steps = (self.params or {}).get("steps")
+        if _internals.is_intercepted(self.model) and self._batches_done == steps:
+            # fit's last batch of the epoch: the backup is taken at the next
+            # epoch's first step instead (as an epoch backup), because an
+            # iterator checkpointed after its last batch does not restore the
+            # reshuffle seed of the epochs after it (TensorFlow 2.17-2.21,
+            # found by the kill harness).
+            if self.save_freq != "epoch":
+                self._since_save += step
+                if self._since_save >= self.save_freq or self._preempted:
+                    self._since_save = 0
+                    self._defer_to_next_step = True
+            elif self._preempted:
+                self._defer_to_next_step = True
+            return
         if self.save_freq != "epoch":
             self._since_save += step
             if self._since_save >= self.save_freq:
@@ -756,12 +777,15 @@ class BackupAndRestore(keras.callbacks.Callback):
                 self._save(self._epoch, self._batches_done)
         if self._preempted:
             self._save(self._epoch, self._batches_done)
-            self._release_sigterm()
-            _log.warning(
-                "BackupAndRestore: SIGTERM received; backup of epoch %d, batch %d written; "
-                "exiting.", self._epoch, self._batches_done,
-            )  # fmt: skip
-            raise SystemExit(0)
+            self._exit_preempted()
+
+    def _exit_preempted(self):
+        self._release_sigterm()
+        _log.warning(
+            "BackupAndRestore: SIGTERM received; backup of epoch %d, batch %d written; exiting.",
+            *(self._last_saved or (self._epoch, self._batches_done)),
+        )
+        raise SystemExit(0)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_batch = -1
