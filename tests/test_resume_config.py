@@ -135,7 +135,7 @@ def test_learning_rate_assigned_by_keras_callback_is_not_a_change(tmp_path):
 
     def halve(epoch, logs):
         if epoch == 0:
-            plateau.model.optimizer.learning_rate.assign(5e-3)
+            plateau.model.optimizer.learning_rate = 5e-3  # the setter, as Keras' own callbacks use it
 
     plateau = keras.callbacks.LambdaCallback(on_epoch_end=halve)
 

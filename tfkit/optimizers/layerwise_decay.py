@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import keras
 
+from tfkit import _validation
 from tfkit.schedules.scaled import ScaledSchedule
 
 __all__ = ["LayerwiseDecay", "layerwise_decay"]
@@ -29,6 +30,14 @@ class LayerwiseDecay(keras.optimizers.MultiOptimizer):
     """
 
     def __init__(self, optimizer_map, loss_scale_factor=None, name=None):
+        if not isinstance(optimizer_map, keras.optimizers.OptimizerMap):
+            _validation.fail(
+                "LayerwiseDecay",
+                "optimizer_map",
+                optimizer_map,
+                "a keras.optimizers.OptimizerMap (build one with tfkit.optimizers.layerwise_decay)",
+                TypeError,
+            )
         super().__init__(optimizer_map, loss_scale_factor=loss_scale_factor, name=name)
         self.patterns = [str(p) for p in optimizer_map]  # an OptimizerMap iterates over its keys
 
