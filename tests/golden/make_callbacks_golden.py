@@ -1,6 +1,6 @@
 """Golden values for tests/test_callbacks_*.py, computed with PyTorch (not a test dependency).
 
-Run: /work/torchenv/bin/python tests/golden/make_callbacks_golden.py
+Run: torch/bin/python tests/golden/make_callbacks_golden.py
 and paste the printed literals into the tests.
 """
 

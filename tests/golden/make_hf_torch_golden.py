@@ -5,7 +5,7 @@ versions (neither is a tfkit dependency), outside the repository's venv::
 
     python3 -m venv /tmp/refvenv
     /tmp/refvenv/bin/pip install torch==2.13.0 transformers==5.24.0 numpy
-    /tmp/refvenv/bin/python tests/golden/make_hf_torch_golden.py
+    torch/bin/python tests/golden/make_hf_torch_golden.py
 
 The versions used are recorded in the file ("versions"); the tests check
 that the file was made with TRANSFORMERS_VERSION.

@@ -2,7 +2,7 @@
 
 Run with the PyTorch environment (not a test dependency):
 
-    /work/torchenv/bin/python tests/golden/make_precision_golden.py
+    torch/bin/python tests/golden/make_precision_golden.py
 
 It drives ``torch.amp.GradScaler`` (growth_factor=2, backoff_factor=0.5) and
 ``torch.optim.SGD(lr=0.5, momentum=0.5)`` through the same sequence of finite /

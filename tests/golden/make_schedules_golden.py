@@ -4,7 +4,7 @@ Not collected by pytest. Run it in two interpreters (PyTorch is not a tfkit
 dependency, so it lives in its own environment); each run merges its cases
 into the JSON file:
 
-    /work/torchenv/bin/python tests/golden/make_schedules_golden.py torch
+    torch/bin/python tests/golden/make_schedules_golden.py torch
     .venv/bin/python tests/golden/make_schedules_golden.py tf
 
 Each case stores the reference's own arguments, the steps and the values.

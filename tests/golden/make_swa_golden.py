@@ -2,7 +2,7 @@
 
 Computed once with ``torch.optim.swa_utils`` (torch is not a test dependency):
 
-    /work/refenv/bin/python tests/golden/make_swa_golden.py
+    torch/bin/python tests/golden/make_swa_golden.py
 
 writes tests/golden/swa.json: a seeded sequence of weights and what torch's
 ``AveragedModel`` (EMA via ``get_ema_multi_avg_fn``, and the default SWA mean)
