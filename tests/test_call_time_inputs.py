@@ -2,8 +2,9 @@
 
 Hypothesis draws values of every kind (None, strings, bools, negative,
 non-finite, 10**400, containers, objects) for the arguments of
-``doctor.examine``, ``GradientAccumulator.apply(weight=)`` and the monitoring
-callbacks (a missing monitor key). Every refusal is a ``TypeError`` or
+``doctor.examine``, ``GradientAccumulator.apply(weight=)``, ``set_policy``,
+``wrap``, ``layerwise_decay``, ``recompute_sequential``, ``lr_find`` and the
+monitoring callbacks (a missing monitor key). Every refusal is a ``TypeError`` or
 ``ValueError`` with tfkit's message shape (``Owner: `name` must be ...;
 received name=...``).
 """
@@ -39,7 +40,9 @@ ANY = st.one_of(
 
 
 def refused_clearly(error: Exception, owner: str, name: str) -> bool:
-    pattern = rf"^{re.escape(owner)}: `{re.escape(name)}` must be .*; received {re.escape(name)}="
+    # ``name[i]`` names one element of a sequence argument.
+    arg = rf"{re.escape(name)}(\[\d+\])?"
+    pattern = rf"^{re.escape(owner)}: `{arg}` must be .*; received {arg}="
     return re.search(pattern, str(error), flags=re.S) is not None
 
 
@@ -120,3 +123,68 @@ def test_callbacks_with_a_missing_monitor_key_warn_once_and_do_nothing(make):
     assert len(messages) == 1 and "Available keys" in messages[0]
     assert not model.stop_training
     assert math.isclose(float(model.optimizer.learning_rate), 0.01, rel_tol=1e-6)
+
+
+# --- set_policy, wrap, layerwise_decay, recompute_sequential, lr_find, training.install:
+# any value of any kind for one argument, the others valid.
+
+
+def _refuses_or_works(call, owner: str, name: str):
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(value=ANY)
+    def check(value):
+        try:
+            call(value)
+        except (TypeError, ValueError) as e:
+            assert refused_clearly(e, owner, name), str(e)
+
+    check()
+
+
+def _set_policy(value):
+    with tfkit.precision.set_policy(value):
+        pass
+
+
+def _set_policy_devices(value):
+    with tfkit.precision.set_policy("auto", devices=value):
+        pass
+
+
+def _layerwise(**kwargs):
+    args = dict(layers=["d0/.*"], decay=0.5) | kwargs
+    return tfkit.optimizers.layerwise_decay(keras.optimizers.SGD(0.1), **args)
+
+
+def _lr_find(name):
+    def call(value):
+        model = _model()
+        kwargs = {"steps": 3, "batch_size": 8, "verbose": 0} | {name: value}
+        tfkit.tuning.lr_find(model, DATA, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize(
+    "call, owner, name",
+    [
+        (_set_policy, "set_policy", "policy"),
+        (_set_policy_devices, "set_policy", "devices"),
+        (lambda v: tfkit.precision.wrap(v), "wrap", "optimizer"),
+        (lambda v: tfkit.precision.wrap(keras.optimizers.SGD(0.1), policy=v), "wrap", "policy"),
+        (lambda v: _layerwise(decay=v), "layerwise_decay", "decay"),
+        (lambda v: _layerwise(layers=v), "layerwise_decay", "layers"),
+        (
+            lambda v: tfkit.recompute_sequential([keras.layers.Dense(2) for _ in range(4)], v),
+            "recompute_sequential",
+            "segments",
+        ),
+        (lambda v: tfkit.recompute_sequential(v), "recompute_sequential", "layers"),
+        pytest.param(_lr_find("min_lr"), "lr_find", "min_lr", marks=pytest.mark.slow),
+        pytest.param(_lr_find("steps"), "lr_find", "steps", marks=pytest.mark.slow),
+        pytest.param(_lr_find("beta"), "lr_find", "beta", marks=pytest.mark.slow),
+    ],
+    ids=lambda p: p if isinstance(p, str) else None,
+)
+def test_public_functions_refuse_clearly_or_work(call, owner, name):
+    _refuses_or_works(call, owner, name)

@@ -480,7 +480,7 @@ def test_layerwise_decay_routes_variables_and_applies_rates():
         ({"layers": ["a", "a"], "decay": 0.5}, ValueError, "twice"),
         ({"layers": ["a"], "decay": 0.0}, ValueError, "decay"),
         ({"layers": ["a"], "decay": float("nan")}, ValueError, "decay"),
-        ({"layers": ["a"], "decay": True}, ValueError, "decay"),
+        ({"layers": ["a"], "decay": True}, TypeError, "decay"),  # a bool is not a number
     ],
 )
 def test_layerwise_decay_bad_input(kwargs, error, match):
@@ -592,5 +592,7 @@ def test_layerwise_decay_rejects_every_bad_decay(value):
     needs_multi_optimizer()
     if isinstance(value, float) and 0 < value <= 1:
         return
-    with pytest.raises(ValueError, match="decay"):
+    # A wrong type is a TypeError, a number out of (0, 1] a ValueError (tfkit._validation's rule).
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    with pytest.raises(ValueError if number else TypeError, match="^layerwise_decay: `decay` must be"):
         layerwise_decay(keras.optimizers.SGD(0.1), ["a/.*"], value)

@@ -515,9 +515,11 @@ def test_recompute_sequential_gradients_equal(segments):
     assert_grads_equal(grads_of(plain, x)[1], grads_of(stack, x)[1])
 
 
-@pytest.mark.parametrize("segments", [0, 7, 2.0, True, "2"])
-def test_recompute_sequential_bad_segments(segments):
-    with pytest.raises(ValueError, match="`segments`"):
+@pytest.mark.parametrize(
+    "segments, error", [(0, ValueError), (7, ValueError), (2.0, TypeError), (True, TypeError), ("2", TypeError)]
+)
+def test_recompute_sequential_bad_segments(segments, error):
+    with pytest.raises(error, match="^recompute_sequential: `segments` must be"):
         recompute_sequential([keras.layers.Dense(2) for _ in range(6)], segments=segments)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 
@@ -138,15 +137,7 @@ def layerwise_decay(
         raise ValueError(
             f"layerwise_decay: `layers` holds a pattern twice; received layers={list(layers)!r}."
         )
-    if (
-        isinstance(decay, bool)
-        or not isinstance(decay, (int, float))
-        or not math.isfinite(decay)
-        or not 0 < decay <= 1
-    ):
-        raise ValueError(
-            f"layerwise_decay: `decay` must be a number in (0, 1]; received decay={decay!r}."
-        )
+    decay = _validation.check_float("layerwise_decay", "decay", decay, low=0, low_open=True, high=1)
 
     config = optimizer.get_config()
     if isinstance(config["learning_rate"], dict) and "rate" in config["learning_rate"].get(

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import keras
 
+from tfkit import _validation
 from tfkit.devices import DeviceDescription, list_devices
 
 __all__ = ["POLICIES", "PolicyChange", "auto_policy", "set_policy"]
@@ -136,12 +137,8 @@ def set_policy(policy: str, devices: Sequence[DeviceDescription] | None = None) 
         'float32'
     """
     if not isinstance(policy, str):
-        raise TypeError(
-            f"`policy` must be a string, one of {list(POLICIES)}. "
-            f"Received: policy={policy!r} of type {type(policy).__name__}"
-        )
-    if policy not in POLICIES:
-        raise ValueError(f"`policy` must be one of {list(POLICIES)}. Received: policy={policy!r}")
+        _validation.fail("set_policy", "policy", policy, f"a string, one of {list(POLICIES)}", TypeError)
+    _validation.check_choice("set_policy", "policy", policy, list(POLICIES))
     if policy == "auto":
         name, reason = auto_policy(devices)
     else:
@@ -155,15 +152,10 @@ def set_policy(policy: str, devices: Sequence[DeviceDescription] | None = None) 
 
 
 def _check_devices(devices) -> list[DeviceDescription]:
+    allowed = "a list of tfkit.devices.DeviceDescription"
     if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence):
-        raise TypeError(
-            "`devices` must be a list of tfkit.devices.DeviceDescription. "
-            f"Received: devices={devices!r}"
-        )
+        _validation.fail("set_policy", "devices", devices, allowed, TypeError)
     for d in devices:
         if not isinstance(d, DeviceDescription):
-            raise TypeError(
-                "`devices` must contain only tfkit.devices.DeviceDescription. "
-                f"Received an element {d!r} of type {type(d).__name__}"
-            )
+            _validation.fail("set_policy", "devices", devices, allowed, TypeError)
     return list(devices)

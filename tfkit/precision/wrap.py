@@ -18,6 +18,7 @@ import inspect
 
 import keras
 
+from tfkit import _validation
 from tfkit.optimizers import optimizer_chain
 from tfkit.precision.loss_scale_optimizer import LossScaleOptimizer
 from tfkit.precision.policy import PolicyChange
@@ -73,10 +74,7 @@ def wrap(
         ('tfkit.precision.loss_scale_optimizer', 2.0, 16777216.0)
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer):
-        raise TypeError(
-            "wrap: `optimizer` must be a keras.optimizers.Optimizer instance. "
-            f"Received: optimizer={optimizer!r} of type {type(optimizer).__name__}"
-        )
+        _validation.fail("wrap", "optimizer", optimizer, "a keras.optimizers.Optimizer", TypeError)
     unknown = sorted(set(loss_scale_kwargs) - _LSO_ARGUMENTS)
     if unknown:
         raise TypeError(
@@ -101,10 +99,10 @@ def _policy_name(policy) -> str:
         return policy.name
     if isinstance(policy, keras.DTypePolicy):
         return policy.name
+    allowed = "None, a policy name, a keras.DTypePolicy or a tfkit.precision.PolicyChange"
     if isinstance(policy, str):
-        return keras.DTypePolicy(policy).name
-    raise TypeError(
-        "wrap: `policy` must be None, a policy name, a keras.DTypePolicy or a "
-        f"tfkit.precision.PolicyChange. Received: policy={policy!r} of type "
-        f"{type(policy).__name__}"
-    )
+        try:
+            return keras.DTypePolicy(policy).name
+        except ValueError:  # Keras' own message names no owner
+            _validation.fail("wrap", "policy", policy, allowed)
+    _validation.fail("wrap", "policy", policy, allowed, TypeError)

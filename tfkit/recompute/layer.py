@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import keras
 
-from tfkit import _internals
+from tfkit import _internals, _validation
 from tfkit.recompute._core import recompute_call, recompute_selective
 
 __all__ = ["Recompute", "recompute", "recompute_sequential"]
@@ -239,24 +239,16 @@ def recompute_sequential(
     """
     layers = list(layers) if isinstance(layers, (list, tuple)) else layers
     if not isinstance(layers, list) or not layers:
-        raise ValueError(
-            "recompute_sequential: argument `layers` must be a non-empty list of Keras "
-            f"layers; received {layers!r}."
-        )
+        _validation.fail("recompute_sequential", "layers", layers, "a non-empty list of Keras layers")
     for i, layer in enumerate(layers):
         if not isinstance(layer, keras.layers.Layer):
-            raise TypeError(
-                f"recompute_sequential: `layers[{i}]` must be a keras.layers.Layer; "
-                f"received {layer!r} of type {type(layer).__name__}."
+            _validation.fail(
+                "recompute_sequential", f"layers[{i}]", layer, "a keras.layers.Layer", TypeError
             )
     n = len(layers)
     if segments is None:
         segments = math.ceil(math.sqrt(n))
-    if isinstance(segments, bool) or not isinstance(segments, int) or not 1 <= segments <= n:
-        raise ValueError(
-            "recompute_sequential: argument `segments` must be an integer in "
-            f"[1, len(layers)={n}]; received {segments!r}."
-        )
+    segments = _validation.check_int("recompute_sequential", "segments", segments, low=1, high=n)
     size = n // segments
     blocks: list[keras.layers.Layer] = []
     for s in range(segments - 1):

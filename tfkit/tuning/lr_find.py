@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from collections.abc import Iterator
 
@@ -37,6 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _validation
 from tfkit.optimizers.hyperparameters import control, is_controlled
 from tfkit.optimizers.tree import walk
 from tfkit.tuning._state import TrainingState, ensure_built
@@ -180,30 +180,17 @@ def _micro_batches_per_update(optimizer) -> int:
     return 1
 
 
-def _finite(value) -> bool:
-    """A finite real number (Python or NumPy); False for 10**400 instead of OverflowError."""
-    try:
-        return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _check_args(min_lr, max_lr, steps, beta, divergence_threshold) -> None:
-    for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
-        if not _finite(value) or value <= 0:
-            raise ValueError(f"lr_find: `{name}` must be a finite number > 0, received {value!r:.80}")
+    check = _validation.check_number
+    min_lr = check("lr_find", "min_lr", min_lr, low=0, low_open=True)
+    max_lr = check("lr_find", "max_lr", max_lr, low=0, low_open=True)
     if min_lr >= max_lr:
-        raise ValueError(
-            f"lr_find: `min_lr` must be < `max_lr`, received min_lr={min_lr!r}, max_lr={max_lr!r}"
-        )
-    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or not 2 <= steps < 2**63:
-        raise ValueError(f"lr_find: `steps` must be an int >= 2 (and < 2**63), received {steps!r:.80}")
-    if not _finite(beta) or not 0 <= beta < 1:
-        raise ValueError(f"lr_find: `beta` must be in [0, 1), received {beta!r:.80}")
-    if not _finite(divergence_threshold) or not divergence_threshold > 1:
-        raise ValueError(
-            f"lr_find: `divergence_threshold` must be > 1, received {divergence_threshold!r}"
-        )
+        _validation.fail("lr_find", "min_lr", min_lr, f"< `max_lr` (max_lr={max_lr!r})")
+    if isinstance(steps, float):  # 100.0 is not silently read as 100
+        _validation.fail("lr_find", "steps", steps, "an integer", TypeError)
+    check("lr_find", "steps", steps, low=2, integer=True)
+    check("lr_find", "beta", beta, low=0, high=1, high_open=True)
+    check("lr_find", "divergence_threshold", divergence_threshold, low=1, low_open=True)
 
 
 def lr_find(
