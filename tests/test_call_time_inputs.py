@@ -53,7 +53,13 @@ def _model():
 
 
 DATA = (np.ones((16, 3), "float32"), np.ones((16, 1), "float32"))
-EXAMINE_NUMBERS = ["batch_size", "sample_size", "overfit_steps", "overfit_batch_size", "time_budget"]
+EXAMINE_NUMBERS = [
+    "batch_size",
+    "sample_size",
+    "overfit_steps",
+    "overfit_batch_size",
+    "time_budget",
+]
 
 
 @pytest.mark.parametrize(
@@ -188,3 +194,36 @@ def _lr_find(name):
 )
 def test_public_functions_refuse_clearly_or_work(call, owner, name):
     _refuses_or_works(call, owner, name)
+
+
+@pytest.mark.parametrize("name", ["spike_guard", "weight_averaging"])
+def test_install_arguments(name):
+    _refuses_or_works(lambda v: tfkit.training.install(_model(), **{name: v}), "install", name)
+    with pytest.raises(
+        TypeError, match=r"^install: `model` must be a keras.Model; received model="
+    ):
+        tfkit.training.install(keras.layers.Dense(1))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "target_batch",
+        "start",
+        "multiple_of",
+        "min_micro_batch",
+        "max_accumulation_steps",
+        "safety_margin",
+    ],
+)
+def test_find_micro_batch_arguments_refused_before_any_trial(name):
+    # Bad values only (a valid one would run trials): every one refused by name.
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(value=st.one_of(st.none(), st.text(max_size=3), st.booleans(), st.integers(-5, 0),
+                           st.just(10**400), st.just(math.nan), st.just(object())))  # fmt: skip
+    def check(value):
+        with pytest.raises((TypeError, ValueError)) as info:
+            tfkit.tuning.find_micro_batch(_model(), DATA, **({"target_batch": 16} | {name: value}))
+        assert refused_clearly(info.value, "find_micro_batch", name), str(info.value)
+
+    check()

@@ -67,6 +67,8 @@ def check_int(
     value = int(value)
     top = max_value if high is None else min(high, max_value)
     if (low is not None and value < low) or value > top or value < -max_value - 1:
+        if low is not None and high is None and value < low:
+            fail(owner, name, _Shown(value), f"an integer >= {low}")
         lo = "-inf" if low is None else str(low)
         fail(owner, name, _Shown(value), f"an integer in [{lo}, {top}]")
     return value

@@ -281,7 +281,7 @@ class TrainStep:
         self._all_replicas_local = replicas == 1 or replicas == len(
             self.strategy.extended.worker_devices
         )
-        self.spike_guard = _check_guard(spike_guard)
+        self.spike_guard = _check_guard(spike_guard, "TrainStep")
         self._replica_step = tf.function(self._step_on_replica, jit_compile=jit_compile)
         self._function = tf.function(self._distributed_step)
         self.trace_count = 0  # how many times the step was traced (tests check it stays at 1)
@@ -356,7 +356,9 @@ def _weighted_train_step(model: keras.Model, data):
         loss, weight = _loss_and_weight(_compiled_loss(model), y, y_pred, sample_weight)
         loss = _add_regularization(model, loss)
         batch = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
-        _internals.loss_tracker(model).update_state(unscale_loss_for_distribution(loss), sample_weight=batch)
+        _internals.loss_tracker(model).update_state(
+            unscale_loss_for_distribution(loss), sample_weight=batch
+        )
         scaled = model.optimizer.scale_loss(loss)
     variables = model.trainable_variables
     guard = _spike_guard.installed_guard(model)
@@ -369,11 +371,10 @@ def _weighted_train_step(model: keras.Model, data):
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
-def _check_guard(guard):
+def _check_guard(guard, owner: str):
     if guard is not None and not isinstance(guard, _spike_guard.SpikeGuard):
-        raise TypeError(
-            "`spike_guard` must be a tfkit.callbacks.SpikeGuard or None; "
-            f"received spike_guard={guard!r} of type {type(guard).__name__}."
+        _validation.fail(
+            owner, "spike_guard", guard, "a tfkit.callbacks.SpikeGuard or None", TypeError
         )
     return guard
 
@@ -415,14 +416,17 @@ def install(model: keras.Model, spike_guard=None, weight_averaging=None) -> kera
         1
     """
     if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}")
-    _spike_guard.register_step(model, _check_guard(spike_guard))
+        _validation.fail("install", "model", model, "a keras.Model", TypeError)
+    _spike_guard.register_step(model, _check_guard(spike_guard, "install"))
     if weight_averaging is not None and not isinstance(
         weight_averaging, _weight_averaging.WeightAveraging
     ):
-        raise TypeError(
-            "`weight_averaging` must be a tfkit.callbacks.WeightAveraging or None; received "
-            f"weight_averaging={weight_averaging!r} of type {type(weight_averaging).__name__}."
+        _validation.fail(
+            "install",
+            "weight_averaging",
+            weight_averaging,
+            "a tfkit.callbacks.WeightAveraging or None",
+            TypeError,
         )
     _weight_averaging.register_step(model, weight_averaging)
     _internals.bind_instance_method(model, "train_step", _weighted_train_step)

@@ -47,6 +47,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfkit import _validation
 from tfkit.tuning._state import TrainingState
 
 __all__ = ["MicroBatchPlan", "find_micro_batch"]
@@ -111,9 +112,7 @@ def _fits(model: keras.Model, sample, batch_size: int) -> bool:
     """
     x, y, sw = _tile_all(sample, 2 * batch_size)
     try:
-        model.fit(
-            x, y, sample_weight=sw, batch_size=batch_size, epochs=1, shuffle=False, verbose=0
-        )
+        model.fit(x, y, sample_weight=sw, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         return True
     except tf.errors.ResourceExhaustedError:
         pass
@@ -182,10 +181,7 @@ def _plan(
 
 
 def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(
-            f"find_micro_batch: `{name}` must be an int >= {minimum}, received {value!r}"
-        )
+    _validation.check_int("find_micro_batch", name, value, low=minimum)
 
 
 def find_micro_batch(
@@ -251,15 +247,9 @@ def find_micro_batch(
     _check_int("multiple_of", multiple_of, 1)
     _check_int("min_micro_batch", min_micro_batch, 1)
     _check_int("max_accumulation_steps", max_accumulation_steps, 1)
-    if (
-        isinstance(safety_margin, bool)
-        or not isinstance(safety_margin, (int, float, np.floating))
-        or not 0.0 < safety_margin <= 1.0
-    ):
-        raise ValueError(
-            "find_micro_batch: `safety_margin` must be a number in (0, 1]; "
-            f"received safety_margin={safety_margin!r}"
-        )
+    _validation.check_float(
+        "find_micro_batch", "safety_margin", safety_margin, low=0, low_open=True, high=1
+    )
     if start > target_batch:
         raise ValueError(
             f"find_micro_batch: `start` must be <= target_batch={target_batch}, received {start}"
