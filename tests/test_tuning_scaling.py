@@ -41,8 +41,8 @@ def test_round_trip():
         ((-0.1, 32, 64), {}, ValueError, "`lr` must be in"),
         ((float("nan"), 32, 64), {}, ValueError, "`lr`.*finite"),
         ((True, 32, 64), {}, TypeError, "`lr`"),
-        ((0.1, 0, 64), {}, ValueError, r"`base_batch` must be an integer in \[1, .*base_batch=0"),
-        ((0.1, 32, -1), {}, ValueError, "`new_batch` must be an integer in"),
+        ((0.1, 0, 64), {}, ValueError, r"`base_batch` must be an integer >= 1; received base_batch=0"),
+        ((0.1, 32, -1), {}, ValueError, "`new_batch` must be an integer >= 1"),
         ((0.1, 32.0, 64), {}, TypeError, "`base_batch` must be an integer"),
         ((0.1, 32, 64), {"rule": "cubic"}, ValueError, "`rule`.*linear.*sqrt.*cubic"),
         # The two: inf and a bare OverflowError before.
