@@ -51,7 +51,7 @@ from tfkit.optimizers.gradient_accumulator import GradientAccumulator
 from tfkit.optimizers.hyperparameters import attach
 from tfkit.optimizers.tree import optimizer_chain
 
-__all__ = ["TrainStep", "install"]
+__all__ = ["TrainStep", "install", "is_installed"]
 
 
 def _as_loss(loss) -> keras.losses.Loss:
@@ -377,6 +377,21 @@ def _check_guard(guard, owner: str):
             owner, "spike_guard", guard, "a tfkit.callbacks.SpikeGuard or None", TypeError
         )
     return guard
+
+
+def is_installed(model: keras.Model) -> bool:
+    """Whether :func:`install` made ``model.fit`` weigh each micro-batch by its size.
+
+    Example:
+        >>> import keras, tfkit
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        >>> tfkit.training.is_installed(model)
+        False
+        >>> tfkit.training.is_installed(tfkit.training.install(model))
+        True
+    """
+    step = getattr(model, "train_step", None)
+    return getattr(step, "__func__", None) is _weighted_train_step
 
 
 def install(model: keras.Model, spike_guard=None, weight_averaging=None) -> keras.Model:

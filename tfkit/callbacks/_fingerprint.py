@@ -25,6 +25,13 @@ from tfkit.optimizers.tree import optimizer_chain
 # global batch, and so every update, stays the same; only the all-reduce's
 # summation order changes).
 ADAPTABLE = ("replicas",)
+# With a changed replica count, also these: fit's global batch follows the
+# replicas when the per-replica batch is kept, and the accumulation steps are
+# re-derived so that every update still holds the same samples.
+ELASTIC = (
+    "steps per epoch", "accumulation steps", "GradientAccumulator.accumulation_steps",
+    "data cardinality",
+)  # fmt: skip
 
 
 def signature(variables) -> list:

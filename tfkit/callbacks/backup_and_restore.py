@@ -98,11 +98,17 @@ class BackupAndRestore(keras.callbacks.Callback):
       count, the number of carried callbacks and the input's element spec
       (batch size included when static). A backup whose fingerprint differs is
       refused with a ``RuntimeError`` naming every differing item with both
-      values. ``on_change="adapt"`` accepts a changed replica count (elastic
-      resume: ``fit``'s global batch, and so every update, is unchanged; only the
-      all-reduce's summation order is) and still refuses every other change,
-      and a replica change while an accumulation window is open (its
-      partial sums are per replica).
+      values. ``on_change="adapt"`` accepts a changed replica count: with
+      ``fit``'s global batch kept, every update is unchanged (only the
+      all-reduce's summation order is); with the per-replica batch kept
+      (elastic resume), the steps per epoch change by a factor ``r`` and the
+      ``GradientAccumulator``'s steps are re-derived as ``k * r`` before the
+      step is traced, so that each update holds the same samples. That needs
+      a whole ``k * r``, whole windows per epoch, and full micro-batches (a
+      static batch dimension) or ``tfkit.training.install`` (each weighed by
+      its size); the global batch measured at the first step must match. It
+      still refuses every other change, and a replica change while an
+      accumulation window is open (its partial sums are per replica).
     * **Data position, inside ``fit``.** ``fit`` hands its data iterator only to
       ``model.train_function``; this callback routes the steps through a thin
       wrapper (``tfkit._internals.intercept_train_function``) to checkpoint
@@ -230,6 +236,11 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.restored_from = None  # path of the backup the last resume loaded
         self.damaged_backups = []  # (path, reason) of backups skipped on the last resume
         self.adapted = {}  # items that differed and were adapted on the last resume
+        # The global batch fit trains on, measured once per run at its first
+        # real step (the loss tracker's sample count), and the loaded backup's.
+        self._batch_pending = True
+        self._resume_batch = None
+        self._elastic = None  # (k of the backup, k of this run) when re-derived
 
     def get_config(self) -> dict:
         """Constructor arguments except ``callbacks`` (live objects, passed again on load)."""
@@ -541,7 +552,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 diffs[f"{key} variables (count, shapes, dtypes)"] = (
                     f"{len(progress[key])} variables", f"{len(groups[key])} variables"
                 )
-        epochs, steps = (self.params or {}).get("epochs"), (self.params or {}).get("steps")
+        epochs, steps = (self.params or {}).get("epochs"), self._config.get("steps per epoch")
         if epochs is not None and progress["epoch"] > epochs:
             diffs["epochs"] = (f">= {progress['epoch']}", epochs)
         if steps is not None and progress["batches_done"] > steps and not diffs:
@@ -551,21 +562,112 @@ class BackupAndRestore(keras.callbacks.Callback):
         return progress, arrays
 
     def _refusal(self, path: str, diffs: dict) -> RuntimeError:
-        adaptable = ", ".join(_fingerprint.ADAPTABLE)
         return RuntimeError(
             f"BackupAndRestore: the backup {path} was written by a run configured differently "
             f"(the backup's variables differ from this model's, or its settings differ): "
             f"{_fingerprint.explain(diffs)}. Resuming would not continue that run exactly; "
             f"restore the configuration, or use another backup_dir to start afresh "
-            f"(on_change='adapt' continues only across a changed {adaptable})."
+            "(on_change='adapt' continues only across a changed replica count, re-deriving "
+            "the accumulation steps when the per-replica batch is kept)."
         )
 
     def _accept_changes(self, path: str, diffs: dict) -> None:
-        refused = {k: v for k, v in diffs.items() if k not in _fingerprint.ADAPTABLE}
+        adaptable = _fingerprint.ADAPTABLE
+        if "replicas" in diffs:
+            adaptable = adaptable + _fingerprint.ELASTIC
+        refused = {k: v for k, v in diffs.items() if k not in adaptable}
         if self.on_change == "refuse" or refused:
             raise self._refusal(path, refused or diffs)
-        self.adapted = diffs
-        _log.warning("BackupAndRestore: adapting to %s", _fingerprint.explain(diffs))
+        self._elastic = self._elastic_steps(path, diffs)
+        self.adapted = dict(diffs)
+        if self._elastic is not None:
+            self.adapted["accumulation steps"] = self._elastic
+        _log.warning("BackupAndRestore: adapting to %s", _fingerprint.explain(self.adapted))
+
+    def _elastic_steps(self, path: str, diffs: dict) -> tuple[int, int] | None:
+        """``(k of the backup, k now)`` that keep every update's samples, or None if k stays.
+
+        fit's global batch follows the replica count when the per-replica batch
+        is kept: the steps per epoch then change by ``r = steps_now /
+        steps_backup`` and the accumulation steps by the same factor, so that
+        each update still holds the same samples in the same order.
+        """
+        config = self._config
+        steps_old, steps_new = diffs.get("steps per epoch", (None, None))
+        if steps_old is None:
+            steps_old = steps_new = config.get("steps per epoch")
+        k_old, _ = diffs.get("accumulation steps", (config.get("accumulation steps"), None))
+        if steps_old == steps_new:
+            changed_k = {
+                key: diffs[key]
+                for key in ("accumulation steps", "GradientAccumulator.accumulation_steps")
+                if key in diffs
+            }
+            if changed_k:  # the global batch per update would change
+                raise self._refusal(path, changed_k)
+            return None
+
+        def refuse(why):
+            raise self._refusal(path, {
+                "steps per epoch (elastic resume)": (
+                    f"{steps_old} steps of {k_old} micro-batches per update",
+                    f"{steps_new} steps: {why}",
+                )
+            })  # fmt: skip
+
+        if steps_old is None or steps_new is None:
+            refuse("the steps per epoch must be known on both sides")
+        if steps_old % k_old:
+            refuse(f"the backup's {steps_old} steps are not whole windows of {k_old}")
+        if (k_old * steps_new) % steps_old:
+            refuse(
+                f"{k_old} * {steps_new} / {steps_old} is not a whole number of accumulation steps"
+            )
+        k_new = k_old * steps_new // steps_old
+        accumulators = [
+            n for n in optimizer_chain(self._optimizer()) if isinstance(n, GradientAccumulator)
+        ]
+        if len(accumulators) != 1:
+            refuse(
+                f"re-deriving {k_old} accumulation steps as {k_new} needs exactly one "
+                f"GradientAccumulator in the optimizer chain (found {len(accumulators)})"
+            )
+        return k_old, k_new
+
+    def _check_elastic_exact(self, element_spec) -> None:
+        """Re-derived windows equal the old ones only if no micro-batch is ragged, or each is weighed by its size."""
+        from tfkit import training  # training imports the callbacks package
+
+        specs = tf.nest.flatten(element_spec, expand_composites=True)  # PerReplicaSpec too
+        static = all(
+            isinstance(s, tf.TensorSpec) and s.shape.rank and s.shape[0] is not None
+            for s in specs
+        )
+        if static or training.is_installed(self.model):
+            return
+        k_old, k_new = self._elastic
+        raise RuntimeError(
+            f"BackupAndRestore: elastic resume ({k_old} -> {k_new} accumulation steps) is exact "
+            "only if every micro-batch is full or weighed by its size; this input's batch size "
+            f"is not static (element_spec={element_spec}). Call tfkit.training.install(model) "
+            "(ragged micro-batches weighed exactly), or batch with drop_remainder=True."
+        )
+
+    def _apply_elastic(self, optimizer) -> None:
+        """Set the re-derived accumulation steps before fit traces its first step."""
+        k_old, k_new = self._elastic
+        for node in optimizer_chain(optimizer):
+            if isinstance(node, GradientAccumulator):
+                node.accumulation_steps = k_new
+        message = (
+            f"BackupAndRestore: elastic resume: {self.adapted['replicas'][0]} -> "
+            f"{self.adapted['replicas'][1]} replicas, accumulation steps {k_old} -> {k_new} "
+            "(every update keeps its samples)."
+        )
+        _log.warning(message)
+        if getattr(self.model, "train_function", None) is not None:
+            # A step traced before (an earlier fit of this model) holds the old k.
+            self.model.make_train_function(force=True)
 
     def on_train_begin(self, logs=None):
         if not self.model.built:
@@ -603,6 +705,12 @@ class BackupAndRestore(keras.callbacks.Callback):
                 self._accept_changes(path, e.args[0])
                 progress, arrays = self._read_adapted(path, groups)
             self._load(path, progress, groups, arrays)
+            if self._elastic is not None:
+                self._apply_elastic(optimizer)
+                self._config = _fingerprint.of_run(
+                    self.model, optimizer, self.params, self._strategy(),
+                    len(self.stateful_callbacks),
+                )  # fmt: skip
             return
         raise RuntimeError(
             f"BackupAndRestore: none of the {len(backups)} backup(s) in {self.backup_dir!r} "
@@ -625,6 +733,18 @@ class BackupAndRestore(keras.callbacks.Callback):
                 v.assign(a)
         if "replicas" in self.adapted:
             self._check_windows_closed(path)
+        self._resume_batch = progress["config"].get("batch size")
+        if self._elastic is not None:
+            k_old, k_new = self._elastic
+            done = progress["batches_done"]
+            if done % k_old:
+                raise self._refusal(path, {
+                    "batches done (elastic resume)": (
+                        f"{done}, not whole windows of {k_old}", f"windows of {k_new}"
+                    )
+                })  # fmt: skip
+            # Closed windows aligned with the epoch: a whole number of them is done.
+            progress = dict(progress, batches_done=done // k_old * k_new)
         if self.stateful_callbacks:
             status = self._callback_checkpoint().read(os.path.join(path, "callbacks"))
             status.assert_existing_objects_matched()
@@ -696,14 +816,65 @@ class BackupAndRestore(keras.callbacks.Callback):
                 self._skipped_in_epoch += n
                 self.skipped_batches += n
                 return self.model.get_metrics_result()
-            return original(iterator)
+            if not self._batch_pending:
+                return original(iterator)
+            return self._measured_step(original, iterator, per_call)
 
         return train_function
+
+    def _measured_step(self, original, iterator, per_call: int):
+        """Run one step and read fit's global batch off the loss tracker's sample count.
+
+        Keras' ``train_step`` (and ``tfkit.training.install``'s) weighs the
+        ``loss`` log by each batch's size, so the tracker's ``count`` grows by
+        the global batch per step. Read once per run (two host reads); a step
+        that may hold an epoch's ragged last batch is not used.
+        """
+        steps = (self.params or {}).get("steps")
+        tracker = _internals.loss_tracker(self.model)
+        count = getattr(tracker, "count", None)
+        usable = count is not None and (steps is None or self._batches_done + per_call < steps)
+        before = float(count.numpy()) if usable else None
+        logs = original(iterator)
+        if usable:
+            after = float(count.numpy())
+            batch = (after - before) / per_call
+            if after >= 2.0**24:  # float32 counts: no longer exact
+                return logs
+            self._batch_pending = False
+            if batch >= 1 and batch == int(batch):
+                self._check_batch(int(batch))
+        return logs
+
+    def _check_batch(self, batch: int) -> None:
+        """Record the global batch; refuse an elastic resume whose updates would hold other samples.
+
+        Only an elastic resume compares it: elsewhere a batch size may vary by
+        design (bucketing by length), and a ``tf.data`` iterator restored from a
+        backup is the backup's own pipeline (TensorFlow's iterator checkpoint
+        holds it), batch size included.
+        """
+        self._config["batch size"] = batch
+        saved, self._resume_batch = self._resume_batch, None
+        if saved is None or self._elastic is None:
+            return
+        k_old, k_new = self._elastic
+        if batch * k_new != saved * k_old:
+            raise RuntimeError(
+                f"BackupAndRestore: elastic resume from {self.restored_from}: the backup's "
+                f"updates held {saved} x {k_old} = {saved * k_old} samples, this run's would "
+                f"hold {batch} x {k_new} = {batch * k_new} (global batch {batch}, "
+                f"{k_new} accumulation steps derived from the steps per epoch). Keep the "
+                "per-replica batch and let fit derive the steps per epoch (measured at the "
+                "first step after the resume; no backup was written since)."
+            )
 
     def _epoch_first_step(self, iterator) -> None:
         self._see_input(iterator)
         resume, self._resume = self._resume, None
         self._data_resume = None
+        if self._elastic is not None:
+            self._check_elastic_exact(iterator.element_spec)
         if resume is not None and resume["epoch"] == self._epoch:
             self._check_input_against(resume)
             self._skip_draws = resume["data"] != _DATA_ITERATOR
