@@ -50,10 +50,12 @@ _BFC_SCRIPT = textwrap.dedent(
     iterations = int(model.optimizer.iterations.numpy())
 
     # The fit the plan is for: one window of the target batch, at the micro-batch.
-    x = np.resize(sample[0], (plan.effective_batch, features))
-    y = np.resize(sample[1], (plan.effective_batch,))
+    # The data streams through tf.data, as on an accelerator where the dataset
+    # stays on the host: a whole window held as one NumPy array (and Keras'
+    # copy of it) would sit in the same 64 MB pool as the step itself.
+    data = tf.data.Dataset.from_tensor_slices(sample).repeat().batch(plan.micro_batch)
     try:
-        model.fit(x, y, batch_size=plan.micro_batch, epochs=1, shuffle=False, verbose=0)
+        model.fit(data, steps_per_epoch=plan.accumulation_steps, epochs=1, verbose=0)
         fits = True
     except tf.errors.ResourceExhaustedError:
         fits = False
