@@ -14,7 +14,10 @@ cannot see (a larger dataset held in memory, callbacks' tensors, other models,
 allocator fragmentation later in training) is covered by a safety margin: the
 plan uses at most ``safety_margin`` (0.9 by default, the factor by which
 Hugging Face Accelerate's ``find_executable_batch_size`` shrinks the batch
-after each OOM) of the largest size that fitted.
+after each OOM) of the largest size that fitted. Ten per cent does not cover a
+whole dataset held in the device's own memory (a CPU, where a NumPy array and
+Keras' tensor copy of it share the pool with the step): stream such data
+through ``tf.data``, or lower ``safety_margin``.
 
 The plan reaches ``target_batch`` with gradient accumulation:
 
