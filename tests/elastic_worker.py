@@ -20,26 +20,12 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from stopping import Stop, StopAt  # noqa: E402
 
 import tfkit  # noqa: E402
 from tfkit.callbacks import BackupAndRestore  # noqa: E402
 
 N, EPOCHS, PER_REPLICA, K_AT_TWO = 64, 3, 4, 2
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.seen = at, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.at:
-            raise Stop
 
 
 def strategy(replicas: int) -> tf.distribute.MirroredStrategy:

@@ -21,26 +21,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from stopping import Stop as _Stop
+from stopping import StopAt as _StopAt
 
 import tfkit
 from tfkit.callbacks import BackupAndRestore
 
 N = 32
-
-
-class _Stop(Exception):
-    pass
-
-
-class _StopAt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.seen = at, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.at:
-            raise _Stop
 
 
 def _xy(n=N):
